@@ -1,0 +1,102 @@
+"""The work behind the endpoints: a slow dependency, CPU work and a background job.
+
+Kept free of heavy imports: process-pool workers import this module to run
+:func:`cpu_heavy_blocking_work`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from opentelemetry.metrics import Histogram
+from opentelemetry.trace import Tracer
+
+from example.modes import Mode
+
+CPU_ITERATIONS = 7_000_000
+
+
+def cpu_heavy_blocking_work(iterations: int = CPU_ITERATIONS) -> int:
+    """The article's CPU-bound loop; it holds the GIL and the thread running it."""
+    total = 0
+    for i in range(iterations):
+        total += i
+    return total
+
+
+def _traced_cpu_work(tracer: Tracer) -> int:
+    """:func:`cpu_heavy_blocking_work` in a ``cpu.work`` span, for a worker thread."""
+    with tracer.start_as_current_span("cpu.work"):
+        return cpu_heavy_blocking_work()
+
+
+class Workload:
+    """The handlers' work, shaped by a :class:`~example.modes.Mode`.
+
+    In ``process`` mode, :meth:`start` and :meth:`close` own a process pool; call them
+    from the app's lifespan.
+    """
+
+    def __init__(self, mode: Mode, tracer: Tracer, job_duration_ms: Histogram) -> None:
+        self._mode = mode
+        self._tracer = tracer
+        self._job_duration_ms = job_duration_ms
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Start and warm up the process pool (``process`` mode only)."""
+        if self._mode.cpu != "process":
+            return
+        workers = min(4, os.cpu_count() or 1)
+        # spawn, not fork: forking a process that runs threads (exporters, watchdog) is unsafe.
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, cpu_heavy_blocking_work, 0) for _ in range(workers))
+        )
+
+    def close(self) -> None:
+        """Stop the process pool, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    async def db_query(self) -> None:
+        """A slow dependency (the article's simulated database)."""
+        with self._tracer.start_as_current_span("db.query"):
+            await asyncio.sleep(self._mode.db_seconds)
+
+    async def cpu_work(self) -> int:
+        """The CPU work: on the loop, in a thread or in a worker process, by mode."""
+        if self._mode.cpu == "thread":
+            with self._tracer.start_as_current_span("cpu.work.offloaded"):
+                return await asyncio.to_thread(_traced_cpu_work, self._tracer)
+        if self._mode.cpu == "process":
+            if self._pool is None:
+                raise RuntimeError("the process pool is not started; serve the app with lifespan")
+            with self._tracer.start_as_current_span("cpu.work.process"):
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._pool, cpu_heavy_blocking_work)
+        with self._tracer.start_as_current_span("cpu.work.blocking"):
+            # Deliberately bad in the slow mode: the event loop stalls for the whole loop.
+            return cpu_heavy_blocking_work()
+
+    async def post_processing(self) -> None:
+        """A little extra async wait, for mixed timing in the trace."""
+        with self._tracer.start_as_current_span("post.processing"):
+            await asyncio.sleep(self._mode.post_processing_seconds)
+
+    def background_job(self, task_id: str) -> None:
+        """The slow background job; a sync function, so it runs in the thread pool."""
+        start = time.perf_counter()
+        with self._tracer.start_as_current_span("background.job") as span:
+            span.set_attribute("task.id", task_id)
+            time.sleep(self._mode.background_job_seconds)
+        duration_ms = (time.perf_counter() - start) * 1000.0
+        self._job_duration_ms.record(
+            duration_ms, attributes={"task.type": self._mode.background_job_type}
+        )
