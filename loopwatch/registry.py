@@ -1,0 +1,74 @@
+"""``loopwatch.watch()``: one watcher per event loop, process-wide, fork-safe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from typing import Any
+
+from .watcher import LoopWatch
+
+_watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWatch] = (
+    weakref.WeakKeyDictionary()
+)
+_users: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+_lock = threading.RLock()
+
+
+def watch(loop: asyncio.AbstractEventLoop | None = None, **config: Any) -> LoopWatch:
+    """The started watcher of ``loop`` (default: the running loop), created on first use.
+
+    Later calls for the same loop return the same watcher; their options are ignored.
+    """
+    loop = _resolve(loop)
+    with _lock:
+        watcher = _watchers.get(loop)
+        if watcher is None or (not watcher.running and watcher.config.enabled):
+            watcher = LoopWatch(**config)
+            _watchers[loop] = watcher
+        watcher.start(loop)
+        return watcher
+
+
+def acquire(loop: asyncio.AbstractEventLoop, **config: Any) -> LoopWatch:
+    """Like :func:`watch`, counting users so that the last :func:`release` stops it."""
+    with _lock:
+        watcher = watch(loop, **config)
+        _users[loop] = _users.get(loop, 0) + 1
+        return watcher
+
+
+def release(loop: asyncio.AbstractEventLoop) -> None:
+    """One user of the loop's watcher is done; stop it when none is left."""
+    with _lock:
+        remaining = _users.get(loop, 0) - 1
+        if remaining > 0:
+            _users[loop] = remaining
+            return
+        _users.pop(loop, None)
+        watcher = _watchers.pop(loop, None)
+    if watcher is not None:
+        watcher.stop()
+
+
+def _resolve(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+    if loop is not None:
+        return loop
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "loopwatch.watch() needs a loop: call it from a coroutine, or pass the loop"
+        ) from None
+
+
+def _forget_all_in_child() -> None:
+    for watcher in list(_watchers.values()):
+        watcher._abandon()
+    _watchers.clear()
+    _users.clear()
+
+
+os.register_at_fork(after_in_child=_forget_all_in_child)

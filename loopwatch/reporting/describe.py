@@ -1,0 +1,105 @@
+"""Turn a stall into its public description: a :class:`BlockEvent` and span attributes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry.util.types import AttributeValue
+
+from ..config import Config
+from ..events import BlockEvent, FrameInfo
+from ..inflight import Request
+from ..stacks import format_stack, frame_info
+from ..stall import Stall
+from ..timebase import epoch_seconds
+
+
+@dataclass(frozen=True)
+class Description:
+    """Everything the reporters need to know about one stall."""
+
+    event: BlockEvent
+    culprit_request: Request | None
+    stack_truncated: bool
+    resumed_in: FrameInfo | None
+
+    @property
+    def culprit_key(self) -> str:
+        """What rate limiting counts by: the culprit, else the cause."""
+        culprit = self.event.culprit
+        return culprit.function if culprit else f"<{self.event.cause}>"
+
+    def attributes(self, config: Config) -> dict[str, AttributeValue]:
+        """Span attributes, following the OpenTelemetry semantic conventions."""
+        event = self.event
+        attributes: dict[str, AttributeValue] = {
+            "loopwatch.cause": event.cause,
+            "loopwatch.threshold": config.threshold,
+            "loopwatch.stack.samples": event.samples,
+            "loopwatch.duration": event.duration,
+            "thread.id": event.thread_id,
+            "thread.name": event.thread_name,
+        }
+        if event.culprit:
+            attributes["code.function.name"] = event.culprit.function
+            attributes["code.file.path"] = event.culprit.file
+            attributes["code.line.number"] = event.culprit.line
+        if event.offender:
+            attributes["loopwatch.offender.function.name"] = event.offender.function
+            attributes["loopwatch.offender.file.path"] = event.offender.file
+            attributes["loopwatch.offender.line.number"] = event.offender.line
+        if self.resumed_in:
+            attributes["loopwatch.resumed_in"] = str(self.resumed_in)
+        if event.stack:
+            attributes["code.stacktrace"] = event.stack
+            attributes["loopwatch.stack.truncated"] = self.stack_truncated
+        if event.task_name:
+            attributes["asyncio.task.name"] = event.task_name
+        if event.http_route:
+            attributes["http.route"] = event.http_route
+        if event.http_method:
+            attributes["http.request.method"] = event.http_method
+        attributes["loopwatch.delayed_requests"] = event.delayed_requests
+        return attributes
+
+
+def describe(
+    stall: Stall,
+    config: Config,
+    thread: tuple[int, str],
+    request: Request | None,
+    delayed_requests: int,
+    *,
+    now: float | None = None,
+) -> Description:
+    """Describe ``stall``; an ongoing one (no ``end``) is measured up to ``now``."""
+    chosen = stall.chosen_sample()
+    culprit = offender = resumed_in = None
+    stack, truncated = "", False
+    if chosen is not None:
+        culprit = frame_info(chosen.culprit) if chosen.culprit else None
+        offender = frame_info(chosen.sample.frames[0]) if chosen.sample.frames else None
+        stack, truncated = format_stack(chosen.sample, config.max_stack_chars)
+    else:
+        resumed = stall.resumed_sample()
+        if resumed is not None and resumed.culprit is not None:
+            resumed_in = frame_info(resumed.culprit)
+    end = stall.end
+    measured_to = end if end is not None else (now if now is not None else stall.start)
+    event = BlockEvent(
+        start=epoch_seconds(stall.start),
+        end=epoch_seconds(end) if end is not None else None,
+        duration=max(0.0, measured_to - stall.start),
+        cause=stall.cause,
+        culprit=culprit,
+        offender=offender,
+        stack=stack,
+        samples=len(stall.on_time_samples),
+        task_name=stall.task_name,
+        thread_id=thread[0],
+        thread_name=thread[1],
+        http_route=request.route if request else None,
+        http_method=request.method if request else None,
+        delayed_requests=delayed_requests,
+    )
+    return Description(event, request, truncated, resumed_in)

@@ -1,0 +1,145 @@
+"""Loop metrics through the OpenTelemetry metrics API (meter ``loopwatch``).
+
+Instruments are created once per meter provider and shared by every watched loop;
+the observable ones read each loop's :class:`LoopGauges`, which live off the loop, so a
+scrape served from another thread sees a stuck loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from .._version import __version__
+from ..heartbeat import Heartbeat
+
+DELAY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+BLOCK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class LoopGauges:
+    """The per-loop state behind the observable instruments."""
+
+    def __init__(self, heartbeat: Heartbeat, ongoing_seconds: Callable[[], float]) -> None:
+        self._heartbeat = heartbeat
+        self.clock = heartbeat.clock
+        self.ongoing_seconds = ongoing_seconds
+        self._max_delay = 0.0
+        self._last_totals = self.clock.totals() if self.clock else (0.0, 0.0)
+
+    @property
+    def thread_name(self) -> str:
+        return self._heartbeat.thread_name
+
+    def saw_delay(self, delay: float) -> None:
+        self._max_delay = max(self._max_delay, delay)
+
+    def take_max_delay(self) -> float:
+        """The largest delay since the previous call."""
+        value, self._max_delay = self._max_delay, 0.0
+        return value
+
+    def take_utilization(self) -> float | None:
+        """Share of time the loop was busy since the previous call (``None`` if unknown)."""
+        if self.clock is None:
+            return None
+        active, idle = self.clock.totals()
+        last_active, last_idle = self._last_totals
+        self._last_totals = (active, idle)
+        spent = (active - last_active) + (idle - last_idle)
+        return (active - last_active) / spent if spent > 0 else None
+
+
+class LoopMetrics:
+    """The instruments of one meter provider."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
+        meter = metrics.get_meter("loopwatch", __version__, meter_provider=meter_provider)
+        self._loops: weakref.WeakSet[LoopGauges] = weakref.WeakSet()
+        self.delay = meter.create_histogram(
+            "asyncio.eventloop.delay",
+            unit="s",
+            description="How late the loop ran its heartbeat, net of the heartbeat interval.",
+            explicit_bucket_boundaries_advisory=DELAY_BUCKETS,
+        )
+        self.block_duration = meter.create_histogram(
+            "asyncio.eventloop.block.duration",
+            unit="s",
+            description="Duration of each stall of the event loop at or above the threshold.",
+            explicit_bucket_boundaries_advisory=BLOCK_BUCKETS,
+        )
+        meter.create_observable_gauge(
+            "asyncio.eventloop.delay.max",
+            callbacks=[self._observe_max_delay],
+            unit="s",
+            description="Largest loop delay since the previous collection.",
+        )
+        meter.create_observable_gauge(
+            "asyncio.eventloop.block.ongoing",
+            callbacks=[self._observe_ongoing],
+            unit="s",
+            description="How long the loop has been blocked right now (0 while it runs).",
+        )
+        meter.create_observable_gauge(
+            "asyncio.eventloop.utilization",
+            callbacks=[self._observe_utilization],
+            unit="1",
+            description="Share of time the loop was busy since the previous collection.",
+        )
+        meter.create_observable_counter(
+            "asyncio.eventloop.time",
+            callbacks=[self._observe_time],
+            unit="s",
+            description="Time the loop spent active (running callbacks) and idle (waiting).",
+        )
+
+    def add_loop(self, gauges: LoopGauges) -> None:
+        self._loops.add(gauges)
+
+    def remove_loop(self, gauges: LoopGauges) -> None:
+        self._loops.discard(gauges)
+
+    def _observe_max_delay(self, options: CallbackOptions) -> Iterable[Observation]:
+        for loop in list(self._loops):
+            yield Observation(loop.take_max_delay(), {"thread.name": loop.thread_name})
+
+    def _observe_ongoing(self, options: CallbackOptions) -> Iterable[Observation]:
+        for loop in list(self._loops):
+            yield Observation(loop.ongoing_seconds(), {"thread.name": loop.thread_name})
+
+    def _observe_utilization(self, options: CallbackOptions) -> Iterable[Observation]:
+        for loop in list(self._loops):
+            value = loop.take_utilization()
+            if value is not None:
+                yield Observation(value, {"thread.name": loop.thread_name})
+
+    def _observe_time(self, options: CallbackOptions) -> Iterable[Observation]:
+        for loop in list(self._loops):
+            if loop.clock is None:
+                continue
+            active, idle = loop.clock.totals()
+            name = loop.thread_name
+            yield Observation(active, {"asyncio.eventloop.state": "active", "thread.name": name})
+            yield Observation(idle, {"asyncio.eventloop.state": "idle", "thread.name": name})
+
+
+_by_provider: dict[int, tuple[object, LoopMetrics]] = {}
+_lock = threading.Lock()
+
+
+def metrics_for(meter_provider: metrics.MeterProvider | None) -> LoopMetrics:
+    """The shared instruments for ``meter_provider`` (``None``: the global provider)."""
+    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+    with _lock:
+        entry = _by_provider.get(id(provider))
+        if entry is None or entry[0] is not provider:
+            entry = (provider, LoopMetrics(provider))
+            _by_provider[id(provider)] = entry
+        return entry[1]
+

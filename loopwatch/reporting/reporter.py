@@ -1,0 +1,125 @@
+"""Receives the watchdog's stall notices and fans them out to every reporting channel."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from time import monotonic
+
+from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
+
+from .. import dump
+from ..config import Config
+from ..events import BlockEvent
+from ..heartbeat import Heartbeat, Tick
+from ..inflight import InflightRequests
+from ..ratelimit import RateLimiter
+from ..stall import Stall
+from ..watchdog import StallListener
+from .describe import Description, describe
+from .logs import log_stall
+from .metrics import LoopGauges, LoopMetrics
+from .spans import SpanReporter
+
+logger = logging.getLogger("loopwatch")
+
+BlockHook = Callable[[BlockEvent], None]
+
+
+class Reporter(StallListener):
+    """Metrics for every tick and stall; logs, spans and hooks for unsuppressed stalls."""
+
+    def __init__(
+        self,
+        config: Config,
+        heartbeat: Heartbeat,
+        metrics: LoopMetrics,
+        gauges: LoopGauges,
+        tracer_provider: trace.TracerProvider | None,
+        inflight: InflightRequests,
+        on_block: BlockHook | None,
+    ) -> None:
+        self._config = config
+        self._heartbeat = heartbeat
+        self._metrics = metrics
+        self._gauges = gauges
+        self._spans = SpanReporter(tracer_provider, config)
+        self._inflight = inflight
+        self._on_block = on_block
+        self._limiter = RateLimiter(config.report_burst, config.report_per_minute)
+        self._hook_failed = False
+        self._reported: dict[int, tuple[bool, int]] = {}
+
+    def on_tick(self, tick: Tick, delay: float) -> None:
+        self._metrics.delay.record(delay)
+        self._gauges.saw_delay(delay)
+
+    def on_stall_started(self, stall: Stall) -> None:
+        if self._config.dump_after > 0:
+            dump.arm(self, self._config.dump_after - (monotonic() - stall.start))
+        if stall.suppressed:
+            return
+        description = self._describe(stall, now=monotonic())
+        allowed, dropped = self._limiter.allow(description.culprit_key)
+        self._reported[id(stall)] = (allowed, dropped)
+        if allowed:
+            log_stall(description, ongoing=True, dropped_reports=dropped)
+        self._call_hook(description.event)
+
+    def on_stall_ended(self, stall: Stall, before: Tick, after: Tick) -> None:
+        dump.disarm(self)
+        end = stall.end if stall.end is not None else after.ran
+        request = stall.request
+        self._metrics.block_duration.record(end - stall.start, self._metric_attributes(stall))
+        if stall.suppressed:
+            self._reported.pop(id(stall), None)
+            return
+        delayed = self._inflight.delayed_by(stall.start, end, request)
+        for victim in delayed:
+            held = end - max(stall.start, victim.started)
+            victim.delayed_by += held
+            if victim.span is not None and victim.span.is_recording():
+                victim.span.set_attribute("loopwatch.delayed_by", victim.delayed_by)
+        description = describe(stall, self._config, self._thread(), request, len(delayed))
+        decision = self._reported.pop(id(stall), None)
+        if decision is None:
+            decision = self._limiter.allow(description.culprit_key)
+            if decision[0]:
+                log_stall(description, ongoing=False, dropped_reports=decision[1])
+        allowed, dropped = decision
+        if allowed:
+            self._spans.emit(description, stall.span, stall.start, end, delayed, dropped)
+        self._call_hook(description.event)
+
+    def close(self) -> None:
+        """Cancel a pending stack dump (the watcher is stopping)."""
+        dump.disarm(self)
+
+    def _describe(self, stall: Stall, now: float) -> Description:
+        request = stall.request
+        return describe(stall, self._config, self._thread(), request, 0, now=now)
+
+    def _thread(self) -> tuple[int, str]:
+        return self._heartbeat.thread_id or 0, self._heartbeat.thread_name
+
+    def _metric_attributes(self, stall: Stall) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {"loopwatch.cause": stall.cause}
+        request = stall.request
+        if request is not None:
+            route = request.route
+            if route:
+                attributes["http.route"] = route
+            attributes["http.request.method"] = request.method
+        return attributes
+
+    def _call_hook(self, event: BlockEvent) -> None:
+        hook = self._on_block
+        if hook is None:
+            return
+        try:
+            hook(event)
+        except Exception:
+            if not self._hook_failed:
+                self._hook_failed = True
+                logger.exception("loopwatch on_block hook raised; later errors are not logged")

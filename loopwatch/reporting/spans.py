@@ -1,0 +1,57 @@
+"""The back-dated ``loop.blocked`` span, created and ended on the watchdog thread."""
+
+from __future__ import annotations
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from .._version import __version__
+from ..config import Config
+from ..inflight import Request
+from ..timebase import epoch_ns
+from .describe import Description
+
+MAX_LINKS = 32
+
+
+class SpanReporter:
+    """Hands one span per reported stall to the app's tracer provider."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None, config: Config) -> None:
+        self._tracer = trace.get_tracer("loopwatch", __version__, tracer_provider=tracer_provider)
+        self._config = config
+
+    def emit(
+        self,
+        description: Description,
+        parent: trace.Span | None,
+        start: float,
+        end: float,
+        delayed: list[Request],
+        dropped_reports: int,
+    ) -> None:
+        """Create the span for a finished stall; ``start``/``end`` are monotonic seconds."""
+        links: list[trace.Link] = []
+        if parent is not None and parent.get_span_context().trace_flags.sampled:
+            context = trace.set_span_in_context(parent)
+        else:
+            context = otel_context.Context()
+            if parent is not None:
+                links.append(trace.Link(parent.get_span_context(), {"loopwatch.link": "culprit"}))
+        victims = [request.span for request in delayed if request.span is not None]
+        for span in victims[:MAX_LINKS]:
+            links.append(trace.Link(span.get_span_context(), {"loopwatch.link": "delayed"}))
+        attributes = description.attributes(self._config)
+        if len(victims) > MAX_LINKS:
+            attributes["loopwatch.links.dropped"] = len(victims) - MAX_LINKS
+        if dropped_reports:
+            attributes["loopwatch.reports.dropped"] = dropped_reports
+        span = self._tracer.start_span(
+            "loop.blocked",
+            context=context,
+            kind=trace.SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+            start_time=epoch_ns(start),
+        )
+        span.end(end_time=epoch_ns(end))

@@ -1,0 +1,40 @@
+"""Stack samples of the loop thread, taken from the watchdog thread.
+
+A sample is a bounded tuple of ``(code, line, module)`` triples, innermost first. Taking
+one reads no source file and formats nothing: that happens later, in :mod:`stacks`.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import CodeType
+from typing import NamedTuple
+
+
+class RawFrame(NamedTuple):
+    """A frame as sampled: the code object, the line being run and the module name."""
+
+    code: CodeType
+    line: int
+    module: str
+
+
+class Sample(NamedTuple):
+    """The loop thread's stack at one moment, innermost frame first."""
+
+    frames: tuple[RawFrame, ...]
+    truncated: bool
+
+
+def take_sample(thread_id: int, max_frames: int) -> Sample | None:
+    """Sample the stack of ``thread_id``; ``None`` if that thread has no Python frame."""
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return None
+    frames: list[RawFrame] = []
+    while frame is not None and len(frames) < max_frames:
+        frames.append(
+            RawFrame(frame.f_code, frame.f_lineno or 0, frame.f_globals.get("__name__", "?"))
+        )
+        frame = frame.f_back
+    return Sample(tuple(frames), frame is not None)

@@ -1,0 +1,85 @@
+"""A stall as the watchdog builds it, and how its cause is decided."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+
+from .heartbeat import Tick
+from .inflight import Request
+from .sampler import RawFrame, Sample
+from .stacks import CulpritFinder, function_name
+
+CPU = "cpu"
+BLOCKING = "blocking"
+GC = "gc"
+GIL = "gil"
+UNSCHEDULED = "unscheduled"
+CAUSES = (CPU, BLOCKING, GC, GIL, UNSCHEDULED)
+"""``cpu``: Python code ran on the loop. ``blocking``: the loop thread waited (sleep,
+blocking I/O, a lock). ``gc``: garbage collection took most of the stall. ``gil``: a C call
+held the GIL, so no sample could be taken during it. ``unscheduled``: the process was not
+running (stopped, starved of CPU, a paused VM)."""
+
+
+@dataclass
+class TakenSample:
+    """A sample and whether the watchdog took it on time (not held off by the GIL)."""
+
+    sample: Sample
+    culprit: RawFrame | None
+    on_time: bool
+
+
+@dataclass
+class Stall:
+    """One stall of the loop, from detection (or from the tick that revealed it) to its end."""
+
+    start: float
+    detected: bool
+    samples: list[TakenSample] = field(default_factory=list)
+    task_name: str | None = None
+    span: trace.Span | None = None
+    request: Request | None = None
+    suppressed: bool = False
+    watchdog_held_off: bool = False
+    end: float | None = None
+    cause: str = CPU
+
+    @property
+    def on_time_samples(self) -> list[TakenSample]:
+        return [taken for taken in self.samples if taken.on_time]
+
+    def add_sample(self, sample: Sample, finder: CulpritFinder, on_time: bool) -> None:
+        self.samples.append(TakenSample(sample, finder.culprit(sample), on_time))
+
+    def chosen_sample(self) -> TakenSample | None:
+        """The on-time sample whose culprit was seen most often (the first one on a tie)."""
+        candidates = self.on_time_samples
+        if not candidates:
+            return None
+        counts = Counter(_culprit_key(taken) for taken in candidates)
+        best = max(counts.values())
+        return next(taken for taken in candidates if counts[_culprit_key(taken)] == best)
+
+    def resumed_sample(self) -> TakenSample | None:
+        """The first sample taken after the watchdog was held off (``gil`` stalls)."""
+        return self.samples[0] if self.samples else None
+
+    def classify(self, before: Tick, after: Tick) -> str:
+        """Decide the cause from the counters of the ticks around the stall."""
+        window = max(after.ran - before.ran, 1e-9)
+        duration = max((self.end or after.ran) - self.start, 1e-9)
+        if after.gc_total - before.gc_total >= 0.5 * duration:
+            return GC
+        if self.watchdog_held_off and not self.on_time_samples:
+            process_share = (after.process_cpu - before.process_cpu) / window
+            return GIL if process_share >= 0.5 else UNSCHEDULED
+        thread_share = (after.thread_cpu - before.thread_cpu) / window
+        return CPU if thread_share >= 0.5 else BLOCKING
+
+
+def _culprit_key(taken: TakenSample) -> str:
+    return function_name(taken.culprit) if taken.culprit else ""

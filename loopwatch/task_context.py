@@ -1,0 +1,66 @@
+"""What was running on the loop: the current task, its name and its ``contextvars``.
+
+Read from the watchdog thread while the loop thread is stalled. ``asyncio.current_task``
+accepts a loop from another thread on Python 3.10-3.13. The task's context comes from
+``Task.get_context()`` on 3.12+. On 3.10 and 3.11 the C task keeps its context private,
+but the garbage collector's traversal visits it first (``TaskObj_traverse`` visits
+``task_context`` before anything else), so :func:`gc.get_referents` finds it without
+touching asyncio internals; the pure-Python task keeps it in ``_context``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+from typing import NamedTuple
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+
+class TaskSnapshot(NamedTuple):
+    """The task running on the loop at sampling time (all ``None`` outside a task)."""
+
+    name: str | None
+    context: contextvars.Context | None
+
+
+NO_TASK = TaskSnapshot(None, None)
+
+
+def snapshot_task(loop: asyncio.AbstractEventLoop) -> TaskSnapshot:
+    """The task currently running on ``loop`` and its context."""
+    try:
+        task = asyncio.current_task(loop)
+    except RuntimeError:
+        return NO_TASK
+    if task is None:
+        return NO_TASK
+    return TaskSnapshot(task.get_name(), task_context(task))
+
+
+def task_context(task: asyncio.Task[object]) -> contextvars.Context | None:
+    """The ``contextvars.Context`` a task runs its steps in."""
+    get_context = getattr(task, "get_context", None)
+    if get_context is not None:
+        context: contextvars.Context = get_context()
+        return context
+    private = getattr(task, "_context", None)
+    if isinstance(private, contextvars.Context):
+        return private
+    for referent in gc.get_referents(task):
+        if isinstance(referent, contextvars.Context):
+            return referent
+    return None
+
+
+def current_span_in(context: contextvars.Context | None) -> trace.Span | None:
+    """The OpenTelemetry span that is current inside ``context``, if any."""
+    if context is None:
+        return None
+    for var, value in context.items():
+        if isinstance(value, otel_context.Context) and var.name == "current_context":
+            span = trace.get_current_span(value)
+            return span if span.get_span_context().is_valid else None
+    return None

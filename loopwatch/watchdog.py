@@ -1,0 +1,217 @@
+"""The watchdog thread: notices stalls while they last, samples them, and closes them.
+
+It sleeps until the heartbeat would be ``threshold`` overdue. If the loop has not ticked
+by then, a stall is under way: it samples the loop thread's stack at once and again at
+each doubling of the stall's age, and reports the stall as ongoing. The first tick after
+the stall ends it. Ticks also reveal stalls the watchdog could not see live (it was held
+off by a C call that kept the GIL, or the process was not scheduled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from time import monotonic
+
+from .config import Config
+from .heartbeat import Heartbeat, Tick
+from .inflight import culprit_request
+from .sampler import take_sample
+from .stacks import CulpritFinder
+from .stall import BLOCKING, CPU, GIL, Stall
+from .suppress import is_suppressed
+from .task_context import current_span_in, snapshot_task
+
+logger = logging.getLogger("loopwatch")
+
+HELD_OFF_TOLERANCE = max(0.02, 4 * sys.getswitchinterval())
+"""A wake-up later than this means something kept the watchdog from the GIL or the CPU:
+pure Python code hands the GIL over within the switch interval (5 ms by default)."""
+
+
+class StallListener:
+    """What the watchdog tells the reporting side. Every method runs on the watchdog thread."""
+
+    def on_tick(self, tick: Tick, delay: float) -> None:
+        """Every heartbeat, with its delay in seconds."""
+
+    def on_stall_started(self, stall: Stall) -> None:
+        """A stall reached the threshold and is still going on (first sample taken)."""
+
+    def on_stall_ended(self, stall: Stall, before: Tick, after: Tick) -> None:
+        """A stall is over; ``before`` and ``after`` are the ticks around it."""
+
+
+class Watchdog:
+    """One thread per watched loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        heartbeat: Heartbeat,
+        config: Config,
+        listener: StallListener,
+        wake: threading.Event,
+        on_crash: Callable[[BaseException], None],
+    ) -> None:
+        self._loop = loop
+        self._heartbeat = heartbeat
+        self._config = config
+        self._listener = listener
+        self._wake = wake
+        self._on_crash = on_crash
+        self._finder = CulpritFinder(config.skip_modules)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
+        self._stall: Stall | None = None
+        self._next_sample_at = 0.0
+        self._last_tick: Tick | None = None
+        self._held_off_until = 0.0
+        self._paused = False
+
+    @property
+    def ongoing_stall_seconds(self) -> float:
+        """How long the loop has been stalled right now (0 while it runs)."""
+        stall = self._stall
+        return max(0.0, monotonic() - stall.start) if stall is not None else 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to end and wait for it (not from the watchdog thread itself)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set() and not self._loop.is_closed():
+                intended = self._next_wake()
+                timeout = intended - monotonic()
+                if timeout > 0 and self._wake.wait(timeout):
+                    self._wake.clear()
+                woke = monotonic()
+                if woke - intended > HELD_OFF_TOLERANCE:
+                    self._held_off_until = woke
+                self._process_ticks()
+                self._check(woke, on_time=woke - intended <= HELD_OFF_TOLERANCE)
+        except BaseException as error:  # the watchdog must never take the app down
+            self._on_crash(error)
+
+    def _next_wake(self) -> float:
+        config = self._config
+        last_ran = self._heartbeat.last_ran
+        if last_ran is None or self._paused:
+            return monotonic() + config.interval
+        stall = self._stall
+        if stall is not None:
+            return self._next_sample_at
+        return self._estimated_start(last_ran) + config.threshold
+
+    def _estimated_start(self, last_ran: float) -> float:
+        """When a stall that began after the tick at ``last_ran`` most likely began."""
+        due = last_ran + self._config.interval
+        clock = self._heartbeat.clock
+        if clock is not None:
+            return min(max(last_ran, clock.busy_since), due)
+        return last_ran + self._config.interval / 2
+
+    def _process_ticks(self) -> None:
+        ticks = self._heartbeat.ticks
+        while ticks:
+            tick = ticks.popleft()
+            before = self._last_tick
+            self._last_tick = tick
+            if self._paused:
+                self._paused = False
+                continue
+            self._listener.on_tick(tick, max(0.0, tick.ran - tick.due))
+            if before is not None:
+                self._close_stall(before, tick)
+
+    def _close_stall(self, before: Tick, tick: Tick) -> None:
+        """End the live stall at ``tick``, or report a stall only this tick revealed."""
+        stall = self._stall
+        if stall is None:
+            start = self._tick_start(before, tick)
+            if tick.ran - start < self._config.threshold:
+                return
+            stall = Stall(start=start, detected=False)
+            stall.watchdog_held_off = self._held_off_until > start
+        else:
+            self._stall = None
+            self._heartbeat.watchdog_waiting = False
+            stall.start = min(stall.start, self._tick_start(before, tick))
+        stall.end = tick.ran
+        stall.cause = stall.classify(before, tick)
+        self._listener.on_stall_ended(stall, before, tick)
+
+    def _tick_start(self, before: Tick, tick: Tick) -> float:
+        """The start of a stall that ``tick`` ended, from the ticks' own records."""
+        if tick.busy_start is not None:
+            return min(max(before.ran, tick.busy_start), tick.due)
+        return min(before.ran + self._config.interval / 2, tick.due)
+
+    def _check(self, now: float, on_time: bool) -> None:
+        stall = self._stall
+        if stall is None:
+            self._maybe_start_stall(now, on_time)
+        elif now >= self._next_sample_at:
+            self._sample(stall, on_time)
+            self._next_sample_at = stall.start + 2 * (now - stall.start)
+
+    def _maybe_start_stall(self, now: float, on_time: bool) -> None:
+        last_ran = self._heartbeat.last_ran
+        if last_ran is None or self._heartbeat.ticks:
+            return
+        if not self._loop.is_running():
+            self._paused = True
+            return
+        start = self._estimated_start(last_ran)
+        if now - start < self._config.threshold:
+            return
+        stall = Stall(start=start, detected=True, watchdog_held_off=not on_time)
+        stall.cause = self._provisional_cause(now, on_time)
+        self._heartbeat.watchdog_waiting = True
+        self._stall = stall
+        self._sample(stall, on_time)
+        self._next_sample_at = start + 2 * (now - start)
+        self._listener.on_stall_started(stall)
+
+    def _provisional_cause(self, now: float, on_time: bool) -> str:
+        """The cause as far as it can be told while the stall goes on."""
+        if not on_time:
+            return GIL
+        tick, thread_id = self._last_tick, self._heartbeat.thread_id
+        if tick is None or thread_id is None or not hasattr(time, "pthread_getcpuclockid"):
+            return CPU
+        try:
+            cpu = time.clock_gettime(time.pthread_getcpuclockid(thread_id))
+        except OSError:
+            return CPU
+        return CPU if (cpu - tick.thread_cpu) >= 0.5 * (now - tick.ran) else BLOCKING
+
+    def _sample(self, stall: Stall, on_time: bool) -> None:
+        thread_id = self._heartbeat.thread_id
+        if thread_id is None:
+            return
+        sample = take_sample(thread_id, self._config.max_frames)
+        task = snapshot_task(self._loop)
+        if not stall.samples:
+            stall.task_name = task.name
+            stall.span = current_span_in(task.context)
+            stall.request = culprit_request(task.context)
+        stall.suppressed = stall.suppressed or is_suppressed(task.context, thread_id)
+        if sample is not None:
+            stall.add_sample(sample, self._finder, on_time)
+
+
+def log_crash_once(error: BaseException) -> None:
+    """Default crash handler: one ERROR with the traceback."""
+    logger.error("loopwatch watchdog stopped after an internal error", exc_info=error)

@@ -1,0 +1,169 @@
+"""``LoopWatch``: one event loop watched by a heartbeat and a watchdog thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+
+from opentelemetry import metrics, trace
+
+from . import selector_clock
+from .config import Config, resolve_config
+from .gc_clock import GC_CLOCK
+from .heartbeat import Heartbeat
+from .inflight import InflightRequests
+from .reporting.metrics import LoopGauges, metrics_for
+from .reporting.reporter import BlockHook, Reporter
+from .watchdog import Watchdog, log_crash_once
+
+logger = logging.getLogger("loopwatch")
+
+
+class LoopWatch:
+    """Finds and reports the code that blocks an asyncio event loop.
+
+    >>> async def main():
+    ...     async with LoopWatch(threshold=0.1):
+    ...         ...
+
+    Options not given here come from ``LOOPWATCH_*`` environment variables, then from
+    the defaults; see :mod:`loopwatch.config`.
+    """
+
+    def __init__(
+        self,
+        threshold: float | None = None,
+        *,
+        interval: float | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        on_block: BlockHook | None = None,
+        enabled: bool | None = None,
+        dump_after: float | None = None,
+        skip_modules: Sequence[str] | None = None,
+        max_frames: int | None = None,
+        max_stack_chars: int | None = None,
+        report_burst: int | None = None,
+        report_per_minute: float | None = None,
+        measure_utilization: bool | None = None,
+    ) -> None:
+        self.config: Config = resolve_config(
+            threshold=threshold,
+            interval=interval,
+            enabled=enabled,
+            dump_after=dump_after,
+            skip_modules=skip_modules,
+            max_frames=max_frames,
+            max_stack_chars=max_stack_chars,
+            report_burst=report_burst,
+            report_per_minute=report_per_minute,
+            measure_utilization=measure_utilization,
+        )
+        if on_block is not None and not callable(on_block):
+            raise TypeError(f"on_block={on_block!r} must be a callable taking a BlockEvent")
+        self.inflight = InflightRequests()
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._on_block = on_block
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._parts: _Running | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop being watched, if started."""
+        return self._loop
+
+    @property
+    def running(self) -> bool:
+        return self._parts is not None
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> LoopWatch:
+        """Watch ``loop`` (default: the running loop). Does nothing if already started."""
+        if not self.config.enabled:
+            return self
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "LoopWatch.start() needs a loop: call it from a coroutine, "
+                    "or pass the loop: start(loop)"
+                ) from None
+        with self._lock:
+            if self._parts is not None:
+                if loop is not self._loop:
+                    raise RuntimeError("this LoopWatch already watches another event loop")
+                return self
+            if loop.is_closed():
+                raise RuntimeError("cannot watch a closed event loop")
+            self._loop = loop
+            self._parts = _Running(self, loop)
+        return self
+
+    def stop(self) -> None:
+        """Stop watching; joins the watchdog thread. Does nothing if not started."""
+        with self._lock:
+            parts, self._parts = self._parts, None
+        if parts is not None:
+            parts.stop()
+
+    def _abandon(self) -> None:
+        """Forget the watchdog after ``fork()``: its thread does not exist in the child."""
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            parts.heartbeat.stop()
+
+    async def __aenter__(self) -> LoopWatch:
+        return self.start(asyncio.get_running_loop())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<LoopWatch {state} threshold={self.config.threshold:g}s>"
+
+
+class _Running:
+    """The parts of a started watcher, wired together; undone by :meth:`stop`."""
+
+    def __init__(self, owner: LoopWatch, loop: asyncio.AbstractEventLoop) -> None:
+        config = owner.config
+        self.loop = loop
+        self.clock = selector_clock.install(loop) if config.measure_utilization else None
+        wake = threading.Event()
+        self.heartbeat = Heartbeat(loop, config.interval, self.clock, wake)
+        self.metrics = metrics_for(owner._meter_provider)
+        self.gauges = LoopGauges(self.heartbeat, lambda: self.watchdog.ongoing_stall_seconds)
+        self.reporter = Reporter(
+            config,
+            self.heartbeat,
+            self.metrics,
+            self.gauges,
+            owner._tracer_provider,
+            owner.inflight,
+            owner._on_block,
+        )
+        self.watchdog = Watchdog(loop, self.heartbeat, config, self.reporter, wake, log_crash_once)
+        self.metrics.add_loop(self.gauges)
+        GC_CLOCK.acquire()
+        self.heartbeat.start()
+        self.watchdog.start()
+
+    def stop(self) -> None:
+        self.watchdog.stop()
+        self.heartbeat.stop()
+        self.reporter.close()
+        self.metrics.remove_loop(self.gauges)
+        GC_CLOCK.release()
+        if self.clock is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(selector_clock.uninstall, self.loop, self.clock)
