@@ -8,6 +8,8 @@ the watchdog samples its stack, and when the stall ends it emits a back-dated
 from ._version import __version__
 from .config import DEFAULT_SKIP_MODULES, ENVIRONMENT_VARIABLES
 from .events import BlockEvent, FrameInfo
+from .metrics_server import start_metrics_server
+from .middleware import LoopWatchMiddleware, instrument_app
 from .registry import watch
 from .suppress import suppress
 from .watcher import LoopWatch
@@ -18,7 +20,10 @@ __all__ = [
     "BlockEvent",
     "FrameInfo",
     "LoopWatch",
+    "LoopWatchMiddleware",
     "__version__",
+    "instrument_app",
+    "start_metrics_server",
     "suppress",
     "watch",
 ]

@@ -1,0 +1,204 @@
+"""``LoopWatchMiddleware``: a pure ASGI middleware that watches the serving loop.
+
+It starts the loop's watcher at lifespan start-up (or at the first request when the
+server runs without lifespan) and releases it at shutdown; several apps on one loop
+share one watcher. For each HTTP request it records who is in flight, so a stall names
+the request that caused it and links the requests it held up. Websocket scopes pass
+through untouched; nothing is added to responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from time import monotonic
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from . import registry
+from .config import resolve_config
+from .inflight import CURRENT_REQUEST, Request
+from .metrics_server import requested_server, start_metrics_server
+from .reporting.reporter import BlockHook
+from .watcher import LoopWatch
+
+logger = logging.getLogger("loopwatch")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+ASGIApp = Callable[[Any, Receive, Send], Awaitable[None]]
+
+
+class LoopWatchMiddleware:
+    """Watch the event loop that serves ``app``; options are those of :class:`LoopWatch`.
+
+    ``metrics_port`` (or ``LOOPWATCH_METRICS_PORT``; a range like ``9464-9471`` gives each
+    worker process its own port) serves the Prometheus exposition from a thread on
+    ``metrics_addr`` (``LOOPWATCH_METRICS_ADDR``, default ``127.0.0.1``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        threshold: float | None = None,
+        interval: float | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        on_block: BlockHook | None = None,
+        enabled: bool | None = None,
+        dump_after: float | None = None,
+        skip_modules: Sequence[str] | None = None,
+        max_frames: int | None = None,
+        max_stack_chars: int | None = None,
+        report_burst: int | None = None,
+        report_per_minute: float | None = None,
+        measure_utilization: bool | None = None,
+        metrics_port: int | str | None = None,
+        metrics_addr: str | None = None,
+    ) -> None:
+        self.app = app
+        self._options: dict[str, Any] = {
+            "threshold": threshold,
+            "interval": interval,
+            "tracer_provider": tracer_provider,
+            "meter_provider": meter_provider,
+            "on_block": on_block,
+            "enabled": enabled,
+            "dump_after": dump_after,
+            "skip_modules": skip_modules,
+            "max_frames": max_frames,
+            "max_stack_chars": max_stack_chars,
+            "report_burst": report_burst,
+            "report_per_minute": report_per_minute,
+            "measure_utilization": measure_utilization,
+        }
+        self._enabled = resolve_config(
+            **{k: v for k, v in self._options.items() if k not in _OBJECT_OPTIONS}
+        ).enabled
+        self._metrics_server = requested_server(metrics_port, metrics_addr)
+        self._watchers: dict[asyncio.AbstractEventLoop, LoopWatch | None] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._serve_http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
+        else:
+            await self.app(scope, receive, send)
+
+    async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = self._watcher()
+        if watcher is None:
+            await self.app(scope, receive, send)
+            return
+        span = trace.get_current_span()
+        request = Request(
+            method=str(scope.get("method", "")),
+            scope=scope,
+            started=monotonic(),
+            span=span if span.is_recording() else None,
+        )
+        watcher.inflight.add(request)
+        token = CURRENT_REQUEST.set(request)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT_REQUEST.reset(token)
+            watcher.inflight.remove(request)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message: Message = await receive()
+            if message.get("type") == "lifespan.startup":
+                self._watcher()
+            return message
+
+        return wrapped
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            await send(message)
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                self._release()
+
+        return wrapped
+
+    def _watcher(self) -> LoopWatch | None:
+        """The running loop's watcher, acquired once per loop by this middleware."""
+        loop = asyncio.get_running_loop()
+        try:
+            return self._watchers[loop]
+        except KeyError:
+            pass
+        options = dict(self._options)
+        watcher: LoopWatch | None = None
+        if not self._enabled:
+            self._watchers[loop] = None
+            return None
+        try:
+            if self._metrics_server is not None and options["meter_provider"] is None:
+                options["meter_provider"] = self._serve_metrics()
+            elif self._metrics_server is not None:
+                self._serve_metrics()
+            watcher = registry.acquire(loop, **options)
+        except Exception:
+            logger.exception("loopwatch could not start; the app runs unwatched")
+        self._watchers[loop] = watcher if watcher is not None and watcher.running else None
+        return self._watchers[loop]
+
+    def _serve_metrics(self) -> metrics.MeterProvider | None:
+        """Start the off-loop metrics server; give loopwatch a Prometheus reader if needed."""
+        assert self._metrics_server is not None
+        ports, addr = self._metrics_server
+        provider = self._options.get("meter_provider") or _prometheus_provider_if_missing()
+        try:
+            start_metrics_server(ports, addr)
+        except OSError as error:
+            logger.error("loopwatch metrics server not started: %s", error)
+        return provider
+
+    def _release(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._watchers.pop(loop, None) is not None:
+            registry.release(loop)
+
+
+_OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block"})
+
+
+_fallback_provider: metrics.MeterProvider | None = None
+
+
+def _prometheus_provider_if_missing() -> metrics.MeterProvider | None:
+    """A Prometheus-backed provider for loopwatch when the app configured no metrics SDK."""
+    global _fallback_provider
+    global_provider = metrics.get_meter_provider()
+    if type(global_provider).__module__.startswith("opentelemetry.sdk"):
+        return None
+    if _fallback_provider is not None:
+        return _fallback_provider
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+    except ImportError:
+        raise ImportError(
+            "serving metrics without a configured MeterProvider needs the Prometheus "
+            "exporter: pip install 'loopwatch[prometheus]'"
+        ) from None
+    _fallback_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
+    return _fallback_provider
+
+
+def instrument_app(app: Any, **options: Any) -> Any:
+    """Add :class:`LoopWatchMiddleware` to a Starlette or FastAPI app (once)."""
+    if getattr(app, "_is_instrumented_by_loopwatch", False):
+        return app
+    app.add_middleware(LoopWatchMiddleware, **options)
+    app._is_instrumented_by_loopwatch = True
+    return app
