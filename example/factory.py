@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -22,7 +22,7 @@ from example.telemetry import (
     setup_telemetry,
 )
 from example.work import Workload
-from loopwatch import LoopWatchMiddleware
+from loopwatch import BlockEvent, LoopWatchMiddleware
 
 MAX_DEBUG_BLOCK_SECONDS = 10.0
 
@@ -34,6 +34,7 @@ def create_app(
     otlp_endpoint: str | None = None,
     metric_readers: Iterable[MetricReader] = (),
     prometheus_registry: CollectorRegistry | None = None,
+    on_block: Callable[[BlockEvent], None] | None = None,
 ) -> FastAPI:
     """Build the demo service.
 
@@ -47,6 +48,7 @@ def create_app(
         otlp_endpoint: OTLP/HTTP traces URL; with ``span_exporter``, spans go to both.
         metric_readers: Extra readers next to the Prometheus one behind ``GET /metrics``.
         prometheus_registry: The registry ``GET /metrics`` serves; default the global one.
+        on_block: loopwatch's hook, called on its watchdog thread for every stall.
 
     The providers are shut down (spans flushed) when the app's lifespan ends, so an app
     is served once. ``app.state.telemetry`` holds them.
@@ -88,6 +90,7 @@ def create_app(
         LoopWatchMiddleware,
         tracer_provider=telemetry.tracer_provider,
         meter_provider=telemetry.meter_provider,
+        on_block=on_block,
     )
     app.mount("/metrics", make_asgi_app(telemetry.prometheus_registry))
     return app
