@@ -12,6 +12,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml ./
 COPY loopwatch/ loopwatch/
+# Versions come from pyproject.toml's ranges (no lock file in the project).
+# hadolint ignore=DL3013
 RUN pip install ".[demo]"
 
 # ---- runtime ----
