@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import importlib
 import json
 import os
@@ -1100,8 +1101,13 @@ def test_live_metrics_exist(live_app: LiveApp, referenced_metrics: set[str]) -> 
     """Every metric the dashboard and the alert rules query is in the app's scrape."""
     missing = sorted(referenced_metrics - live_app.samples.keys())
     ours = sorted(n for n in live_app.samples if n.startswith(("asyncio_", "loopwatch")))
+    hints = {
+        name: difflib.get_close_matches(name, list(live_app.samples), n=1, cutoff=0.8)
+        for name in missing
+    }
     assert not missing, (
         f"used by k8s/ but not exported by the example app: {missing}\n"
+        f"closest exported names: {hints}\n"
         f"exported loop metrics: {ours}"
     )
 
