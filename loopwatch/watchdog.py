@@ -101,6 +101,7 @@ class Watchdog:
                     self._held_off_until = woke
                 self._process_ticks()
                 self._check(woke, on_time=woke - intended <= HELD_OFF_TOLERANCE)
+            self._process_ticks()  # a stall that ended just before stop() is still reported
         except BaseException as error:  # the watchdog must never take the app down
             self._on_crash(error)
 

@@ -1,0 +1,1 @@
+"""loopwatch test suite."""

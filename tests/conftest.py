@@ -1,0 +1,98 @@
+"""Shared fixtures: real OpenTelemetry SDK providers with in-memory readers, and loops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - depends on the platform
+    uvloop = None
+
+T = TypeVar("T")
+
+LOOP_KINDS = ["asyncio", "uvloop"]
+
+
+@dataclass
+class Telemetry:
+    """SDK providers whose output the test reads back."""
+
+    tracer_provider: TracerProvider
+    spans: InMemorySpanExporter
+    meter_provider: MeterProvider
+    reader: InMemoryMetricReader
+
+    def blocked_spans(self) -> list[ReadableSpan]:
+        return [span for span in self.spans.get_finished_spans() if span.name == "loop.blocked"]
+
+    def metrics(self) -> dict[str, list[Any]]:
+        """Data points by metric name, from one collection."""
+        data: MetricsData | None = self.reader.get_metrics_data()
+        points: dict[str, list[Any]] = {}
+        if data is None:
+            return points
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    points.setdefault(metric.name, []).extend(metric.data.data_points)
+        return points
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    yield Telemetry(tracer_provider, spans, meter_provider, reader)
+    meter_provider.shutdown()
+    tracer_provider.shutdown()
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed on this platform")
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    if kind == "uvloop" and uvloop is None:
+        pytest.skip("uvloop is not installed on this platform")
+    return kind
+
+
+@pytest.fixture
+def run(loop_kind: str) -> Callable[[Callable[[], Awaitable[T]]], T]:
+    """Run a coroutine function to completion on a fresh loop of ``loop_kind``."""
+
+    def runner(main: Callable[[], Awaitable[T]]) -> T:
+        loop = new_loop(loop_kind)
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    return runner
+
+
+@pytest.fixture
+def loopwatch_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING, logger="loopwatch")
+    return caplog

@@ -1,0 +1,192 @@
+"""Stalls of every kind are found with the right cause, culprit and duration; none are invented."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import loopwatch
+from loopwatch import BlockEvent
+
+from . import workloads
+from .conftest import Telemetry
+
+THRESHOLD = 0.1
+STALL = 0.3
+
+
+def duration_tolerance(seconds: float) -> float:
+    """The accuracy loopwatch promises: within max(5 ms, 5 %)."""
+    return max(0.005, 0.05 * seconds)
+
+
+async def watch_while(
+    telemetry: Telemetry, block: Callable[[], Any], *, settle: float = 0.2
+) -> tuple[list[BlockEvent], float]:
+    """Run ``block`` on the loop under a watcher; return the finished events and its duration."""
+    events: list[BlockEvent] = []
+    async with loopwatch.LoopWatch(
+        THRESHOLD,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        on_block=events.append,
+    ):
+        await asyncio.sleep(settle)
+        started = time.perf_counter()
+        block()
+        took = time.perf_counter() - started
+        await asyncio.sleep(settle)
+    return [event for event in events if not event.ongoing], took
+
+
+def only_stall(events: list[BlockEvent]) -> BlockEvent:
+    assert len(events) == 1, f"expected one stall, got {events}"
+    return events[0]
+
+
+@pytest.mark.parametrize(
+    ("block", "culprit", "cause"),
+    [
+        (lambda: workloads.spin(STALL), "tests.workloads.spin", "cpu"),
+        (lambda: workloads.nap(STALL), "tests.workloads.nap", "blocking"),
+        (lambda: workloads.read_socket(STALL), "tests.workloads.read_socket", "blocking"),
+    ],
+    ids=["cpu-loop", "time.sleep", "socket-read"],
+)
+def test_stall_on_the_loop_is_found_with_culprit_cause_and_duration(
+    run: Callable[[Callable[[], Awaitable[Any]]], Any],
+    telemetry: Telemetry,
+    block: Callable[[], Any],
+    culprit: str,
+    cause: str,
+) -> None:
+    events, took = run(lambda: watch_while(telemetry, block))
+
+    event = only_stall(events)
+    assert event.cause == cause
+    assert event.culprit is not None
+    assert event.culprit.function == culprit
+    assert event.culprit.file.endswith("workloads.py")
+    assert event.samples >= 1
+    assert abs(event.duration - took) <= duration_tolerance(took), (event.duration, took)
+    assert "Traceback (most recent call last):" in event.stack
+    assert event.end is not None and event.end > event.start
+
+
+def test_offender_is_the_innermost_frame_even_in_library_code(
+    run: Callable[[Callable[[], Awaitable[Any]]], Any], telemetry: Telemetry
+) -> None:
+    import json
+
+    payload = {"rows": [{"id": i, "name": "x" * 20, "tags": list(range(10))} for i in range(60_000)]}
+
+    def encode() -> None:
+        deadline = time.perf_counter() + STALL
+        while time.perf_counter() < deadline:
+            json.dumps(payload, indent=1)
+
+    events, _ = run(lambda: watch_while(telemetry, encode))
+
+    event = only_stall(events)
+    assert event.culprit is not None and event.culprit.function.endswith("encode")
+    assert event.offender is not None
+    assert event.offender.function.startswith("json."), event.offender
+
+
+def test_gil_holding_c_call_is_reported_without_guessing_a_culprit(
+    run: Callable[[Callable[[], Awaitable[Any]]], Any], telemetry: Telemetry
+) -> None:
+    async def scenario() -> tuple[list[BlockEvent], float]:
+        values = await asyncio.to_thread(workloads.unsorted_floats, 2_500_000)
+        return await watch_while(telemetry, lambda: workloads.sort_floats(values))
+
+    events, took = run(scenario)
+
+    assert took > 1.5 * THRESHOLD, f"the sort was too quick to test with ({took:.3f} s)"
+    event = only_stall(events)
+    assert event.cause == "gil"
+    assert event.culprit is None
+    assert event.samples == 0
+    assert abs(event.duration - took) <= duration_tolerance(took), (event.duration, took)
+    span = telemetry.blocked_spans()[0]
+    assert "code.function.name" not in span.attributes
+    assert "tests.workloads" in str(span.attributes["loopwatch.resumed_in"])
+
+
+def test_garbage_collection_is_named_as_the_cause(
+    run: Callable[[Callable[[], Awaitable[Any]]], Any], telemetry: Telemetry
+) -> None:
+    async def scenario() -> tuple[list[BlockEvent], float]:
+        gc.disable()
+        try:
+            await asyncio.to_thread(workloads.build_cycles, 1_500_000)
+            return await watch_while(telemetry, workloads.collect)
+        finally:
+            gc.enable()
+
+    events, took = run(scenario)
+
+    assert took > 1.5 * THRESHOLD, f"the collection was too quick to test with ({took:.3f} s)"
+    event = only_stall(events)
+    assert event.cause == "gc"
+    assert abs(event.duration - took) <= duration_tolerance(took), (event.duration, took)
+
+
+@pytest.mark.parametrize(
+    "work",
+    [
+        lambda: asyncio.sleep(0.5),
+        lambda: asyncio.to_thread(time.sleep, 0.5),
+        lambda: asyncio.to_thread(workloads.spin, 0.5),
+        lambda: asyncio.get_running_loop().run_in_executor(None, workloads.nap, 0.5),
+    ],
+    ids=["asyncio.sleep", "to_thread-sleep", "to_thread-cpu", "run_in_executor"],
+)
+def test_waiting_off_the_loop_is_not_a_stall(
+    run: Callable[[Callable[[], Awaitable[Any]]], Any],
+    telemetry: Telemetry,
+    work: Callable[[], Awaitable[Any]],
+) -> None:
+    events: list[BlockEvent] = []
+
+    async def scenario() -> None:
+        async with loopwatch.LoopWatch(THRESHOLD, on_block=events.append):
+            await work()
+
+    run(scenario)
+    assert events == []
+
+
+def test_heavy_async_load_is_not_a_stall(
+    run: Callable[[Callable[[], Awaitable[Any]]], Any],
+) -> None:
+    events: list[BlockEvent] = []
+
+    async def switcher(until: float) -> int:
+        switches = 0
+        while time.perf_counter() < until:
+            await asyncio.sleep(0)
+            switches += 1
+        return switches
+
+    async def scenario() -> int:
+        async with loopwatch.LoopWatch(THRESHOLD, on_block=events.append):
+            until = time.perf_counter() + 1.0
+            counts = await asyncio.gather(*(switcher(until) for _ in range(500)))
+        return sum(counts)
+
+    switches = run(scenario)
+    assert switches > 10_000
+    assert events == []
+
+
+def test_stall_shorter_than_the_threshold_is_not_reported(
+    run: Callable[[Callable[[], Awaitable[Any]]], Any], telemetry: Telemetry
+) -> None:
+    events, _ = run(lambda: watch_while(telemetry, lambda: workloads.nap(0.04)))
+    assert events == []
