@@ -822,6 +822,93 @@ def test_dockerfile_copies_existing_files() -> None:
             )
 
 
+def _copy_into(src: Path, dest: Path, patterns: list[str]) -> None:
+    """Copy ``src`` (file or folder) to ``dest`` as ``docker build`` would send it."""
+    if src.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+        return
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(REPO).as_posix()
+        if path.is_file() and not dockerignored(rel, patterns):
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+def test_image_layout_runs_the_app(tmp_path: Path) -> None:
+    """What the Dockerfile copies is enough: loopwatch built into a wheel from the build
+    stage's files, and `example.app` imported from a folder holding only the final
+    stage's files (as in /app), with nothing taken from the repository."""
+    instructions = parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
+    patterns = dockerignore_patterns(DOCKERIGNORE.read_text(encoding="utf-8"))
+    last_from = max(i for i, ins in enumerate(instructions) if ins.keyword == "FROM")
+    src, app, site = tmp_path / "src", tmp_path / "app", tmp_path / "site"
+    for index, ins in enumerate(instructions):
+        if ins.keyword != "COPY" or "--from" in ins.args:
+            continue
+        words = ins.args.split()
+        for name in words[:-1]:
+            if not (REPO / name).exists():
+                _missing_example(f"COPY {name}: not in the repository yet")
+            root = app if index > last_from else src
+            _copy_into(REPO / name, root / name.rstrip("/"), patterns)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(src), "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert build.returncode == 0, (
+        f"building loopwatch from the image's files failed:\n{build.stderr}"
+    )
+    wheels = list(tmp_path.glob("*.whl"))
+    assert len(wheels) == 1, f"expected one wheel, got {wheels}"
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheels[0]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert install.returncode == 0, f"installing the wheel failed:\n{install.stderr}"
+    probe = (
+        "import json, loopwatch, example.app as m; "
+        "print(json.dumps([loopwatch.__file__, m.__file__, type(m.app).__name__]))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "DEMO_MODE": "optimized",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{_free_port()}/v1/traces",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, f"importing example.app in the image layout failed:\n{run.stderr}"
+    loopwatch_file, app_file, app_type = json.loads(run.stdout.strip().splitlines()[-1])
+    assert Path(loopwatch_file).is_relative_to(site), f"loopwatch came from {loopwatch_file}"
+    assert Path(app_file).is_relative_to(app), f"example.app came from {app_file}"
+    assert app_type == "FastAPI", f"example.app:app is a {app_type}"
+
+
 # ---------------------------------------------------------------------------- rules, dashboard
 
 
@@ -910,6 +997,25 @@ def test_dashboard_contents(
         services.update(query.get("service", []))
     expected = {container_env(_app_container(deployments, n))["OTEL_SERVICE_NAME"] for n in APPS}
     assert services == expected, f"Jaeger links for services {services}, apps are {expected}"
+
+
+def test_dashboard_layout(dashboard: dict[str, Any]) -> None:
+    """Panels have unique ids, do not overlap on the 24-column grid, and every query
+    panel names a data source."""
+    taken: dict[tuple[int, int], str] = {}
+    ids = []
+    for panel in dashboard["panels"]:
+        ids.append(panel["id"])
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, f"panel {panel['title']!r} is wider than the grid"
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                other = taken.setdefault((x, y), panel["title"])
+                assert other == panel["title"], f"panels {other!r} and {panel['title']!r} overlap"
+        if panel.get("targets"):
+            assert panel.get("datasource", {}).get("uid"), f"{panel['title']!r}: no datasource"
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {ids}"
+    assert dashboard.get("uid") == "loopwatch"
 
 
 def test_walkthrough_matches_the_manifests(
