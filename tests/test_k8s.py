@@ -948,6 +948,46 @@ def test_required_alerts(alert_rules: list[Any]) -> None:
             assert rule.get("labels", {}).get("severity"), f"{rule['alert']}: no severity"
 
 
+@pytest.mark.parametrize(
+    ("expr", "metrics", "labels"),
+    [
+        (
+            'sum by (app, le) (rate(foo_bucket{a="x", b=~"y|z"}[5m]))',
+            {"foo_bucket"},
+            {"app", "le", "a", "b"},
+        ),
+        (
+            "histogram_quantile(0.99, sum without (instance) (rate(x_bucket[$__rate_interval])))",
+            {"x_bucket"},
+            {"instance"},
+        ),
+        (
+            "a_total / ignoring(code) group_left(b) b_total offset 5m > bool 1e3",
+            {"a_total", "b_total"},
+            {"code", "b"},
+        ),
+        ("max(x_seconds) by (app) * 60", {"x_seconds"}, {"app"}),
+        ('foo{job="sum(bar) baz"} == 0', {"foo"}, {"job"}),
+        ("rate(y_total[1m:30s]) and on() -(z)", {"y_total", "z"}, set()),
+        ('count_values("v", m) or vector(0)', {"m"}, set()),
+        ("x @ start()", {"x"}, set()),
+        ('label_values(up{job="a"}, instance)', {"up"}, {"job", "instance"}),
+        ("label_values(app)", set(), {"app"}),
+    ],
+)
+def test_promql_extraction(expr: str, metrics: set[str], labels: set[str]) -> None:
+    """The metric/label extractor used by the checks below gets tricky cases right."""
+    refs = promql_refs(expr)
+    assert refs.metrics == metrics
+    assert refs.labels == labels
+
+
+def test_promql_extraction_rejects_unknown_functions() -> None:
+    """A misspelt function is reported, not mistaken for a metric."""
+    with pytest.raises(AssertionError, match="unknown PromQL function 'rat'"):
+        promql_refs("rat(x_total[5m])")
+
+
 def test_promql_is_well_formed(alert_rules: list[Any], dashboard: dict[str, Any]) -> None:
     """Every expression calls known functions only and histogram_quantile keeps `le`."""
     for where, expr in _all_expressions(alert_rules, dashboard):
