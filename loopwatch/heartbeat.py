@@ -49,6 +49,7 @@ class Heartbeat:
         self.clock = clock
         self.ticks: deque[Tick] = deque(maxlen=4096)
         self.thread_id: int | None = None
+        self.native_thread_id: int | None = None
         self.thread_name = ""
         self.last_ran: float | None = None
         self.watchdog_waiting = False
@@ -75,6 +76,7 @@ class Heartbeat:
             return
         thread = threading.current_thread()
         self.thread_id = thread.ident
+        self.native_thread_id = threading.get_native_id()
         self.thread_name = thread.name
         self._due = monotonic()
         self._tick()

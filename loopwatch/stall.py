@@ -47,6 +47,7 @@ class Stall:
     watchdog_held_off: bool = False
     end: float | None = None
     cause: str = CPU
+    runnable_share: float | None = None
 
     @property
     def on_time_samples(self) -> list[TakenSample]:
@@ -69,16 +70,21 @@ class Stall:
         return self.samples[0] if self.samples else None
 
     def classify(self, before: Tick, after: Tick) -> str:
-        """Decide the cause from the counters of the ticks around the stall."""
+        """Decide the cause from the counters of the ticks around the stall.
+
+        "Busy" is the loop thread's share of the stall spent running or queued for a CPU
+        (Linux schedstat, set by the watchdog), else its CPU share.
+        """
         window = max(after.ran - before.ran, 1e-9)
         duration = max((self.end or after.ran) - self.start, 1e-9)
         if after.gc_total - before.gc_total >= 0.5 * duration:
             return GC
+        thread_share = (after.thread_cpu - before.thread_cpu) / window
+        busy = self.runnable_share if self.runnable_share is not None else thread_share
         if self.watchdog_held_off and not self.on_time_samples:
             process_share = (after.process_cpu - before.process_cpu) / window
-            return GIL if process_share >= 0.5 else UNSCHEDULED
-        thread_share = (after.thread_cpu - before.thread_cpu) / window
-        return CPU if thread_share >= 0.5 else BLOCKING
+            return GIL if max(process_share, busy) >= 0.5 else UNSCHEDULED
+        return CPU if busy >= 0.5 else BLOCKING
 
 
 def _culprit_key(taken: TakenSample) -> str:

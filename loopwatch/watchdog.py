@@ -13,7 +13,6 @@ import asyncio
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable
 from time import monotonic
 
@@ -21,12 +20,16 @@ from .config import Config
 from .heartbeat import Heartbeat, Tick
 from .inflight import culprit_request
 from .sampler import take_sample
+from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
 from .stall import BLOCKING, CPU, GIL, Stall
 from .suppress import is_suppressed
 from .task_context import current_span_in, snapshot_task
 
 logger = logging.getLogger("loopwatch")
+
+MIN_SCHED_WINDOW = 0.02
+"""Shortest window over which the loop thread's scheduler counters are trusted."""
 
 HELD_OFF_TOLERANCE = max(0.02, 4 * sys.getswitchinterval())
 """A wake-up later than this means something kept the watchdog from the GIL or the CPU:
@@ -72,6 +75,9 @@ class Watchdog:
         self._last_tick: Tick | None = None
         self._held_off_until = 0.0
         self._paused = False
+        self._schedstat: ThreadSchedStat | None = None
+        self._sched_before: SchedSnapshot | None = None
+        self._sched_at_detection: SchedSnapshot | None = None
 
     @property
     def ongoing_stall_seconds(self) -> float:
@@ -101,6 +107,8 @@ class Watchdog:
                     self._held_off_until = woke
                 self._process_ticks()
                 self._check(woke, on_time=woke - intended <= HELD_OFF_TOLERANCE)
+                if self._stall is None:
+                    self._sched_before = self._read_schedstat()
             self._process_ticks()  # a stall that ended just before stop() is still reported
         except BaseException as error:  # the watchdog must never take the app down
             self._on_crash(error)
@@ -150,6 +158,7 @@ class Watchdog:
             self._heartbeat.watchdog_waiting = False
             stall.start = min(stall.start, self._tick_start(before, tick))
         stall.end = tick.ran
+        stall.runnable_share = self._runnable_share(stall)
         stall.cause = stall.classify(before, tick)
         self._listener.on_stall_ended(stall, before, tick)
 
@@ -178,25 +187,41 @@ class Watchdog:
         if now - start < self._config.threshold:
             return
         stall = Stall(start=start, detected=True, watchdog_held_off=not on_time)
-        stall.cause = self._provisional_cause(now, on_time)
+        self._sched_at_detection = self._read_schedstat()
+        stall.cause = self._provisional_cause(on_time)
         self._heartbeat.watchdog_waiting = True
         self._stall = stall
         self._sample(stall, on_time)
         self._next_sample_at = start + 2 * (now - start)
         self._listener.on_stall_started(stall)
 
-    def _provisional_cause(self, now: float, on_time: bool) -> str:
+    def _read_schedstat(self) -> SchedSnapshot | None:
+        if self._schedstat is None:
+            native_id = self._heartbeat.native_thread_id
+            if native_id is None:
+                return None
+            self._schedstat = ThreadSchedStat(native_id)
+        return self._schedstat.read() if self._schedstat.available else None
+
+    def _runnable_share(self, stall: Stall) -> float | None:
+        """Share of the stall the loop thread ran or queued for a CPU (Linux only)."""
+        now = self._read_schedstat()
+        detected = self._sched_at_detection
+        self._sched_at_detection = None
+        if now is None:
+            return None
+        if detected is not None and now.at - detected.at >= MIN_SCHED_WINDOW:
+            return runnable_share(detected, now)
+        before = self._sched_before
+        return runnable_share(before, now) if before is not None else None
+
+    def _provisional_cause(self, on_time: bool) -> str:
         """The cause as far as it can be told while the stall goes on."""
         if not on_time:
             return GIL
-        tick, thread_id = self._last_tick, self._heartbeat.thread_id
-        if tick is None or thread_id is None or not hasattr(time, "pthread_getcpuclockid"):
-            return CPU
-        try:
-            cpu = time.clock_gettime(time.pthread_getcpuclockid(thread_id))
-        except OSError:
-            return CPU
-        return CPU if (cpu - tick.thread_cpu) >= 0.5 * (now - tick.ran) else BLOCKING
+        before, now = self._sched_before, self._sched_at_detection
+        share = runnable_share(before, now) if before and now else None
+        return BLOCKING if share is not None and share < 0.5 else CPU
 
     def _sample(self, stall: Stall, on_time: bool) -> None:
         thread_id = self._heartbeat.thread_id

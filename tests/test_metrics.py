@@ -1,0 +1,138 @@
+"""Loop metrics read back through the SDK's in-memory reader and the Prometheus exposition."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import loopwatch
+
+from . import workloads
+from .conftest import Telemetry
+
+Run = Callable[[Callable[[], Awaitable[Any]]], Any]
+
+
+def test_delay_histogram_and_stall_histogram(run: Run, telemetry: Telemetry, loop_kind: str) -> None:
+    async def scenario() -> dict[str, list[Any]]:
+        async with loopwatch.LoopWatch(0.1, meter_provider=telemetry.meter_provider):
+            await asyncio.sleep(0.3)
+            workloads.nap(0.3)
+            await asyncio.sleep(0.2)
+            return telemetry.metrics()
+
+    points = run(scenario)
+    (delay,) = points["asyncio.eventloop.delay"]
+    assert delay.count >= 20, "one observation per heartbeat (every 10 ms)"
+    assert 0.25 <= delay.max <= 0.4, "the tick after the stall was late by about the stall"
+    (stall,) = points["asyncio.eventloop.block.duration"]
+    assert stall.count == 1
+    assert dict(stall.attributes) == {"loopwatch.cause": "blocking"}
+    assert 0.28 <= stall.sum <= 0.35
+    assert stall.explicit_bounds[0] == 0.05
+    assert points["asyncio.eventloop.block.ongoing"][0].value == 0.0
+    if loop_kind == "asyncio":
+        (utilization,) = points["asyncio.eventloop.utilization"]
+        assert 0.2 <= utilization.value <= 1.0
+        states = {dict(p.attributes)["asyncio.eventloop.state"] for p in points["asyncio.eventloop.time"]}
+        assert states == {"active", "idle"}
+    else:
+        assert "asyncio.eventloop.utilization" not in points, "uvloop has no selector to time"
+
+
+def test_ongoing_gauge_is_read_off_the_loop_while_it_is_stuck(
+    run: Run, telemetry: Telemetry
+) -> None:
+    seen: list[float] = []
+
+    def scrape_during_stall() -> None:
+        points = telemetry.metrics()
+        seen.append(points["asyncio.eventloop.block.ongoing"][0].value)
+
+    async def scenario() -> None:
+        async with loopwatch.LoopWatch(0.1, meter_provider=telemetry.meter_provider):
+            await asyncio.sleep(0.1)
+            scraper = threading.Timer(0.5, scrape_during_stall)
+            scraper.start()
+            workloads.nap(0.8)
+            scraper.join()
+            await asyncio.sleep(0.1)
+
+    run(scenario)
+    assert seen and 0.3 <= seen[0] <= 0.8
+
+
+def test_prometheus_names_as_rendered_by_the_opentelemetry_exporter() -> None:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    reader = PrometheusMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+
+    async def scenario() -> str:
+        async with loopwatch.LoopWatch(0.1, meter_provider=provider):
+            await asyncio.sleep(0.2)
+            workloads.spin(0.25)
+            await asyncio.sleep(0.1)
+            return generate_latest(REGISTRY).decode()
+
+    loop = asyncio.new_event_loop()
+    try:
+        text = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+        provider.shutdown()  # also takes the reader's collector out of the registry
+
+    samples = {
+        sample.name: sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    for name in (
+        "asyncio_eventloop_delay_seconds_bucket",
+        "asyncio_eventloop_delay_seconds_count",
+        "asyncio_eventloop_delay_max_seconds",
+        "asyncio_eventloop_block_duration_seconds_bucket",
+        "asyncio_eventloop_block_duration_seconds_count",
+        "asyncio_eventloop_block_ongoing_seconds",
+        "asyncio_eventloop_utilization",
+        "asyncio_eventloop_time_seconds_total",
+    ):
+        assert name in samples, f"{name} missing from:\n{text}"
+    assert samples["asyncio_eventloop_block_duration_seconds_count"].labels["loopwatch_cause"] == "cpu"
+
+
+@pytest.mark.parametrize("kind", ["histogram", "gauge"])
+def test_instruments_are_shared_by_loops_on_one_provider(telemetry: Telemetry, kind: str) -> None:
+    """Two loops in two threads on one provider: one instrument, one gauge series per loop."""
+    barrier = threading.Barrier(3)
+
+    def serve() -> None:
+        async def main() -> None:
+            async with loopwatch.LoopWatch(0.1, meter_provider=telemetry.meter_provider):
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(barrier.wait)
+                await asyncio.to_thread(barrier.wait)
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=serve, name=f"loop-{n}") for n in range(2)]
+    for thread in threads:
+        thread.start()
+    barrier.wait(timeout=5)
+    points = telemetry.metrics()
+    barrier.wait(timeout=5)
+    for thread in threads:
+        thread.join()
+
+    if kind == "histogram":
+        assert len(points["asyncio.eventloop.delay"]) == 1
+    else:
+        names = {dict(p.attributes)["thread.name"] for p in points["asyncio.eventloop.block.ongoing"]}
+        assert names == {"loop-0", "loop-1"}
