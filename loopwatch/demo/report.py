@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loopwatch import BlockEvent, FrameInfo
-from loopwatch.demo.runner import ModeResult
+from loopwatch.demo.runner import ModeResult, culprit_label
 from loopwatch.demo.stats import Distribution, median
 
 CAUSES = {
@@ -59,7 +59,8 @@ def _stalls(results: Sequence[ModeResult], root: Path) -> Iterator[RenderableTyp
     for result in results:
         groups: defaultdict[tuple[str, str, str, str], list[BlockEvent]] = defaultdict(list)
         for event in result.stalls:
-            function = event.culprit.function if event.culprit else f"<{event.cause}>"
+            culprit = event.culprit.function if event.culprit else None
+            function = culprit_label(culprit, event.cause)
             route = f"{event.http_method} {event.http_route}" if event.http_route else "-"
             groups[function, _location(event.culprit, root), route, event.cause].append(event)
         if not groups:
@@ -80,7 +81,8 @@ def _stalls(results: Sequence[ModeResult], root: Path) -> Iterator[RenderableTyp
             facts.add_row(
                 "traced", f"{result.traced_stalls[function]} loop.blocked spans in request traces"
             )
-            title = f"{result.mode}: {len(events)} stalls in [bold red]{function}[/]"
+            count = f"{len(events)} stall{'s' if len(events) > 1 else ''}"
+            title = f"{result.mode}: {count} in [bold red]{function}[/]"
             yield Panel(facts, title=title, title_align="left", expand=False)
 
 

@@ -136,13 +136,25 @@ def _duration(span: ReadableSpan) -> float:
     return ((span.end_time or 0) - (span.start_time or 0)) / 1e9
 
 
+def culprit_label(function: str | None, cause: str) -> str:
+    """The culprit's function, or ``<cause>`` when no stack sample named one."""
+    return function or f"<{cause}>"
+
+
 def _traced_stalls(spans: Sequence[ReadableSpan]) -> Counter[str]:
     by_id = {span.context.span_id: span for span in spans if span.context is not None}
-    return Counter(
-        str((span.attributes or {}).get("code.function.name"))
-        for span in spans
-        if span.name == "loop.blocked" and _in_request(span, by_id)
-    )
+    labels = []
+    for span in spans:
+        if span.name == "loop.blocked" and _in_request(span, by_id):
+            attributes = span.attributes or {}
+            function = attributes.get("code.function.name")
+            cause = attributes.get("loopwatch.cause")
+            labels.append(culprit_label(_str_or_none(function), str(cause)))
+    return Counter(labels)
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _in_request(span: ReadableSpan, by_id: Mapping[int, ReadableSpan]) -> bool:
