@@ -1,0 +1,1 @@
+"""Tests of LoopWatchMiddleware behind real uvicorn servers."""

@@ -1,0 +1,1 @@
+"""Small ASGI apps served by the middleware tests."""

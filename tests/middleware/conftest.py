@@ -1,0 +1,124 @@
+"""Fixtures of the middleware tests: the uvicorn loop to use and in-memory OpenTelemetry."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from .apps.inprocess import Instrument, Probe, Providers, build_fastapi
+from .server import wait_until
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - not on Windows
+    uvloop = None
+
+SPAN_WAIT_S = 5.0
+"""How long a test waits for the watchdog thread to emit a ``loop.blocked`` span."""
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_name(request: pytest.FixtureRequest) -> str:
+    """The ``--loop`` of the uvicorn server under test."""
+    name: str = request.param
+    if name == "uvloop" and uvloop is None:
+        pytest.skip("uvloop is not installed on this platform")
+    return name
+
+
+@dataclass
+class Otel:
+    """SDK providers reporting to memory, and helpers to read what they got."""
+
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+    providers: Providers
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def blocked_spans(self, count: int = 1) -> list[ReadableSpan]:
+        """The ``loop.blocked`` spans, once at least ``count`` have been emitted."""
+        wait_until(
+            lambda: len(self._named("loop.blocked")) >= count,
+            SPAN_WAIT_S,
+            f"{count} loop.blocked span(s)",
+        )
+        return self._named("loop.blocked")
+
+    def server_spans(self, route: str) -> list[ReadableSpan]:
+        """The finished SERVER spans of ``route``."""
+        return [
+            span
+            for span in self.spans()
+            if span.kind is SpanKind.SERVER
+            and span.attributes is not None
+            and span.attributes.get("http.route") == route
+        ]
+
+    def metric_points(self, name: str) -> list[Any]:
+        """The data points of metric ``name`` from one collection."""
+        data = self.reader.get_metrics_data()
+        if data is None:
+            return []
+        return [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+        ]
+
+    def _named(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.spans() if span.name == name]
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    yield Otel(exporter, reader, Providers(tracer_provider, meter_provider))
+    meter_provider.shutdown()
+    tracer_provider.shutdown()
+
+
+@pytest.fixture
+def probe() -> Probe:
+    return Probe()
+
+
+def watchdog_threads() -> int:
+    """How many loopwatch watchdog threads are alive in this process."""
+    return sum(thread.name == "loopwatch-watchdog" for thread in threading.enumerate())
+
+
+@pytest.fixture
+def fastapi_app(otel: Otel, probe: Probe) -> Iterator[Callable[..., FastAPI]]:
+    """Builds :func:`build_fastapi` apps reporting to ``otel``; uninstruments them after."""
+    built: list[FastAPI] = []
+
+    def make(*, loopwatch: bool = True, instrument: Instrument = "none") -> FastAPI:
+        app = build_fastapi(otel.providers, probe, loopwatch=loopwatch, instrument=instrument)
+        built.append(app)
+        return app
+
+    yield make
+    for app in built:
+        if getattr(app, "_is_instrumented_by_opentelemetry", False):
+            FastAPIInstrumentor.uninstrument_app(app)

@@ -1,0 +1,228 @@
+"""``loop.blocked`` spans and block metrics from real uvicorn servers (asyncio and uvloop).
+
+Each test stalls the loop for 0.4 s against a 0.1 s threshold with a synchronous sleep in
+an ``async`` handler, over real HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+
+from .apps.inprocess import Instrument, Probe, build_raw, build_starlette, culprit_name
+from .conftest import SPAN_WAIT_S, Otel
+from .server import HTTP_TIMEOUT_S, serve_in_thread, wait_until
+
+STALL_S = 0.4
+VICTIMS = 3
+VICTIM_SLEEP_S = 1.0
+EDGE_TOLERANCE_NS = 100_000_000
+"""How far the back-dated span may reach outside its parent (stall start is estimated)."""
+
+
+def get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=HTTP_TIMEOUT_S)
+
+
+def server_span(otel: Otel, route: str) -> ReadableSpan:
+    """The one SERVER span of ``route``, once it has ended."""
+    wait_until(lambda: len(otel.server_spans(route)) >= 1, SPAN_WAIT_S, f"server span {route}")
+    [span] = otel.server_spans(route)
+    return span
+
+
+def attrs(span: ReadableSpan) -> dict[str, object]:
+    return dict(span.attributes or {})
+
+
+def assert_names_culprit(blocked: ReadableSpan, route: str | None) -> None:
+    """The stall names the blocking function, the cause and the culprit request."""
+    attributes = attrs(blocked)
+    assert attributes["code.function.name"] == culprit_name()
+    assert attributes["loopwatch.cause"] == "blocking"
+    assert attributes["http.request.method"] == "GET"
+    assert attributes.get("http.route") == route
+    assert STALL_S - 0.1 <= float(attributes["loopwatch.duration"]) <= STALL_S + 2.0  # type: ignore[arg-type]
+    assert blocked.kind is SpanKind.INTERNAL
+
+
+def assert_child_of(blocked: ReadableSpan, parent: ReadableSpan) -> None:
+    """Same trace, parent id set to ``parent``, back-dated into ``parent``'s time."""
+    assert blocked.parent is not None
+    assert blocked.context is not None
+    assert parent.context is not None
+    assert blocked.context.trace_id == parent.context.trace_id
+    assert blocked.parent.span_id == parent.context.span_id
+    assert blocked.start_time is not None
+    assert parent.start_time is not None
+    assert blocked.end_time is not None
+    assert parent.end_time is not None
+    assert blocked.start_time >= parent.start_time - EDGE_TOLERANCE_NS
+    assert blocked.end_time <= parent.end_time + EDGE_TOLERANCE_NS
+    assert blocked.end_time - blocked.start_time >= (STALL_S - 0.1) * 1e9
+
+
+@pytest.mark.parametrize("instrument", ["before", "after"])
+def test_span_is_child_of_server_span(
+    loop_name: str, instrument: Instrument, otel: Otel, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """``instrument_app`` before or after ``add_middleware``: parent is the server span."""
+    app = fastapi_app(instrument=instrument)
+    with serve_in_thread(app, loop=loop_name) as server:
+        response = get(f"{server.url}/block/7?seconds={STALL_S}")
+        assert response.json() == {"item_id": 7, "blocked": STALL_S}
+        [blocked] = otel.blocked_spans()
+        parent = server_span(otel, "/block/{item_id}")
+    assert_names_culprit(blocked, "/block/{item_id}")
+    assert_child_of(blocked, parent)
+    assert attrs(blocked)["loopwatch.delayed_requests"] == 0
+    assert "loopwatch.delayed_by" not in attrs(parent)
+
+
+def test_span_is_child_of_handler_span(
+    loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """A span the handler opened around the blocking call is the parent."""
+    app = fastapi_app(instrument="after")
+    with serve_in_thread(app, loop=loop_name) as server:
+        assert get(f"{server.url}/block-in-span?seconds={STALL_S}").status_code == 200
+        [blocked] = otel.blocked_spans()
+        outer = server_span(otel, "/block-in-span")
+    [handler] = [span for span in otel.spans() if span.name == "handler-work"]
+    assert_names_culprit(blocked, "/block-in-span")
+    assert_child_of(blocked, handler)
+    assert handler.parent is not None
+    assert outer.context is not None
+    assert handler.parent.span_id == outer.context.span_id
+
+
+def test_victims_are_linked_and_marked(
+    loop_name: str, otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """Requests waiting on the loop during the stall are linked and carry ``delayed_by``."""
+    app = fastapi_app(instrument="after")
+    with serve_in_thread(app, loop=loop_name) as server, ThreadPoolExecutor(VICTIMS) as pool:
+        victims = [
+            pool.submit(get, f"{server.url}/sleep?seconds={VICTIM_SLEEP_S}") for _ in range(VICTIMS)
+        ]
+        wait_until(lambda: probe.sleepers >= VICTIMS, 5.0, "the victims to reach their handler")
+        assert get(f"{server.url}/block/1?seconds={STALL_S}").status_code == 200
+        assert [future.result(HTTP_TIMEOUT_S).status_code for future in victims] == [200] * 3
+        [blocked] = otel.blocked_spans()
+        culprit = server_span(otel, "/block/{item_id}")
+        wait_until(lambda: len(otel.server_spans("/sleep")) == VICTIMS, SPAN_WAIT_S, "victim spans")
+    victim_spans = otel.server_spans("/sleep")
+    assert_names_culprit(blocked, "/block/{item_id}")
+    assert_child_of(blocked, culprit)
+    delayed_links = {
+        link.context.span_id: link.context.trace_id
+        for link in blocked.links
+        if (link.attributes or {}).get("loopwatch.link") == "delayed"
+    }
+    for victim in victim_spans:
+        assert victim.context is not None
+        assert delayed_links.get(victim.context.span_id) == victim.context.trace_id
+        delayed_by = attrs(victim)["loopwatch.delayed_by"]
+        assert isinstance(delayed_by, float)
+        assert delayed_by > STALL_S - 0.1
+    assert int(attrs(blocked)["loopwatch.delayed_requests"]) >= VICTIMS  # type: ignore[call-overload]
+    assert culprit.context is not None
+    assert culprit.context.span_id not in delayed_links
+    assert "loopwatch.delayed_by" not in attrs(culprit)
+
+
+def test_block_metric_carries_culprit_route(
+    loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """``asyncio.eventloop.block.duration`` records the stall under the culprit's route."""
+    app = fastapi_app(instrument="after")
+    with serve_in_thread(app, loop=loop_name) as server:
+        assert get(f"{server.url}/health").status_code == 200
+        assert get(f"{server.url}/block/3?seconds={STALL_S}").status_code == 200
+        otel.blocked_spans()
+    [point] = otel.metric_points("asyncio.eventloop.block.duration")
+    assert dict(point.attributes) == {
+        "loopwatch.cause": "blocking",
+        "http.route": "/block/{item_id}",
+        "http.request.method": "GET",
+    }
+    assert point.count == 1
+    assert STALL_S - 0.1 <= point.sum <= STALL_S + 2.0
+    [delay] = otel.metric_points("asyncio.eventloop.delay")
+    assert delay.count > 0
+    assert delay.max >= STALL_S - 0.1
+
+
+def test_without_tracing_instrumentation(
+    loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """No server span to join: the stall is a root span that still names its request."""
+    app = fastapi_app(instrument="none")
+    with serve_in_thread(app, loop=loop_name) as server:
+        assert get(f"{server.url}/block/5?seconds={STALL_S}").status_code == 200
+        [blocked] = otel.blocked_spans()
+    assert blocked.parent is None
+    assert_names_culprit(blocked, "/block/{item_id}")
+    assert [span.name for span in otel.spans()] == ["loop.blocked"]
+
+
+def test_instrumentor_without_middleware_has_no_stall_span(
+    loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """FastAPIInstrumentor alone: the same spans as with loopwatch, minus ``loop.blocked``."""
+    names: dict[bool, list[tuple[str, SpanKind]]] = {}
+    for watched in (False, True):
+        otel.exporter.clear()
+        app = fastapi_app(loopwatch=watched, instrument="after")
+        with serve_in_thread(app, loop=loop_name) as server:
+            assert get(f"{server.url}/block/2?seconds={STALL_S}").status_code == 200
+            if watched:
+                otel.blocked_spans()
+            server_span(otel, "/block/{item_id}")
+        names[watched] = sorted(
+            (span.name, span.kind) for span in otel.spans() if span.name != "loop.blocked"
+        )
+    assert names[True] == names[False]
+    assert ("GET /block/{item_id}", SpanKind.SERVER) in names[False]
+
+
+@pytest.mark.parametrize("traced", [True, False], ids=["otel-asgi", "untraced"])
+def test_plain_starlette_app(loop_name: str, traced: bool, otel: Otel) -> None:
+    """``loopwatch.instrument_app`` on a Starlette app (inside the generic ASGI middleware)."""
+    app = build_starlette(otel.providers, traced=traced)
+    with serve_in_thread(app, loop=loop_name) as server:
+        assert get(f"{server.url}/block/9?seconds={STALL_S}").json() == {"item_id": "9"}
+        [blocked] = otel.blocked_spans()
+        if traced:
+            wait_until(lambda: len(otel.spans()) >= 2, SPAN_WAIT_S, "server span")
+    assert_names_culprit(blocked, "/block/{item_id}")
+    if traced:
+        [parent] = [span for span in otel.spans() if span.kind is SpanKind.SERVER]
+        assert_child_of(blocked, parent)
+    else:
+        assert blocked.parent is None
+
+
+@pytest.mark.parametrize("traced", [True, False], ids=["otel-asgi", "untraced"])
+def test_raw_asgi_app(loop_name: str, traced: bool, otel: Otel) -> None:
+    """A bare ASGI app has no route: method and function are still named."""
+    app = build_raw(otel.providers, traced=traced)
+    with serve_in_thread(app, loop=loop_name) as server:
+        assert get(f"{server.url}/block").text == "ok"
+        [blocked] = otel.blocked_spans()
+        if traced:
+            wait_until(lambda: len(otel.spans()) >= 2, SPAN_WAIT_S, "server span")
+    assert_names_culprit(blocked, None)
+    if traced:
+        [parent] = [span for span in otel.spans() if span.kind is SpanKind.SERVER]
+        assert_child_of(blocked, parent)
+    else:
+        assert blocked.parent is None
+    [point] = otel.metric_points("asyncio.eventloop.block.duration")
+    assert dict(point.attributes) == {"loopwatch.cause": "blocking", "http.request.method": "GET"}
