@@ -31,9 +31,14 @@ logger = logging.getLogger("loopwatch")
 MIN_SCHED_WINDOW = 0.02
 """Shortest window over which the loop thread's scheduler counters are trusted."""
 
-HELD_OFF_TOLERANCE = max(0.02, 4 * sys.getswitchinterval())
-"""A wake-up later than this means something kept the watchdog from the GIL or the CPU:
-pure Python code hands the GIL over within the switch interval (5 ms by default)."""
+def held_off_tolerance(threshold: float) -> float:
+    """How late a wake-up may be before the watchdog counts as held off.
+
+    Pure Python code hands the GIL over within the switch interval (5 ms by default);
+    a busy machine adds scheduling latency on top. Later than this, something kept the
+    watchdog from the GIL (a C call) or from the CPU (the process was not scheduled).
+    """
+    return max(4 * sys.getswitchinterval(), min(0.05, threshold / 2))
 
 
 class StallListener:
@@ -68,6 +73,7 @@ class Watchdog:
         self._wake = wake
         self._on_crash = on_crash
         self._finder = CulpritFinder(config.skip_modules)
+        self._tolerance = held_off_tolerance(config.threshold)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
         self._stall: Stall | None = None
@@ -103,10 +109,11 @@ class Watchdog:
                 if timeout > 0 and self._wake.wait(timeout):
                     self._wake.clear()
                 woke = monotonic()
-                if woke - intended > HELD_OFF_TOLERANCE:
+                on_time = woke - intended <= self._tolerance
+                if not on_time:
                     self._held_off_until = woke
                 self._process_ticks()
-                self._check(woke, on_time=woke - intended <= HELD_OFF_TOLERANCE)
+                self._check(woke, on_time)
                 if self._stall is None:
                     self._sched_before = self._read_schedstat()
             self._process_ticks()  # a stall that ended just before stop() is still reported

@@ -184,7 +184,7 @@ def _child_after_fork(queue: multiprocessing.Queue[object]) -> None:
             await asyncio.sleep(0.1)
 
     asyncio.run(main())
-    queue.put((inherited, [e.cause for e in events if not e.ongoing]))
+    queue.put((inherited, [(e.cause, str(e.culprit)) for e in events if not e.ongoing]))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
@@ -198,7 +198,7 @@ def test_forked_child_starts_clean_and_watches_its_own_loop() -> None:
         result = await asyncio.to_thread(queue.get, True, 20)
         await asyncio.to_thread(child.join, 20)
         assert child.exitcode == 0
-        assert result == (0, ["blocking"])
+        assert result == (0, [("blocking", f"tests.workloads.nap ({workloads.__file__}:21)")])
         loopwatch.watch().stop()
 
     asyncio.run(parent())
