@@ -93,10 +93,15 @@ class LoopWatchMiddleware:
             await self.app(scope, receive, send)
 
     async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        starting = asyncio.get_running_loop() not in self._watchers
         watcher = self._watcher()
         if watcher is None:
             await self.app(scope, receive, send)
             return
+        if starting:
+            # No lifespan: the watcher starts with this request. Yield once so that the
+            # heartbeat's first tick runs; a stall in this very request is then seen.
+            await asyncio.sleep(0)
         span = trace.get_current_span()
         request = Request(
             method=str(scope.get("method", "")),
@@ -176,10 +181,17 @@ _fallback_provider: metrics.MeterProvider | None = None
 
 
 def _prometheus_provider_if_missing() -> metrics.MeterProvider | None:
-    """A Prometheus-backed provider for loopwatch when the app configured no metrics SDK."""
+    """A Prometheus-backed provider for loopwatch, unless the global one exports to Prometheus.
+
+    An SDK provider without a Prometheus reader (``opentelemetry-instrument`` with
+    ``OTEL_METRICS_EXPORTER=none`` or ``otlp``) would leave the metrics port without
+    loopwatch's metrics, so it gets the fallback too.
+    """
     global _fallback_provider
     global_provider = metrics.get_meter_provider()
-    if type(global_provider).__module__.startswith("opentelemetry.sdk"):
+    if type(global_provider).__module__.startswith("opentelemetry.sdk") and _has_prometheus_reader(
+        global_provider
+    ):
         return None
     if _fallback_provider is not None:
         return _fallback_provider
@@ -193,6 +205,14 @@ def _prometheus_provider_if_missing() -> metrics.MeterProvider | None:
         ) from None
     _fallback_provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
     return _fallback_provider
+
+
+def _has_prometheus_reader(provider: metrics.MeterProvider) -> bool:
+    """Whether an SDK provider has a Prometheus reader (assumed so if it cannot be told)."""
+    readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", None)
+    if readers is None:
+        return True
+    return any(type(reader).__name__ == "PrometheusMetricReader" for reader in readers)
 
 
 def instrument_app(app: Any, **options: Any) -> Any:

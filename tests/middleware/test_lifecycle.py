@@ -1,0 +1,102 @@
+"""When the middleware starts and stops the loop's watcher, with and without lifespan, and
+how apps sharing a loop share it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from loopwatch import registry
+
+from .apps.composite import Composite
+from .apps.inprocess import Probe, build_fastapi
+from .conftest import Otel, watchdog_threads
+from .server import HTTP_TIMEOUT_S, serve_in_thread, wait_until
+
+STOP_WAIT_S = 5.0
+
+
+def get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=HTTP_TIMEOUT_S)
+
+
+def test_lifespan_starts_and_stops_the_watcher(
+    loop_name: str, probe: Probe, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """Started during lifespan start-up (before any request), stopped at shutdown."""
+    baseline = watchdog_threads()
+    app = fastapi_app(instrument="after")
+    with serve_in_thread(app, loop=loop_name) as server:
+        loop = server.loop
+        watcher = registry._watchers.get(loop)
+        assert watcher is not None
+        assert watcher.running
+        assert watcher.loop is loop
+        assert watchdog_threads() == baseline + 1
+        assert probe.lifespan == ["startup"]
+        assert get(f"{server.url}/health").status_code == 200
+        assert registry._watchers.get(loop) is watcher
+    assert probe.lifespan == ["startup", "shutdown"]
+    assert not watcher.running
+    assert loop not in registry._watchers
+    assert watchdog_threads() == baseline
+
+
+def test_without_lifespan_starts_at_first_request(
+    loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """``--lifespan off``: nothing runs until the first request, which is already watched."""
+    baseline = watchdog_threads()
+    app = fastapi_app(instrument="after")
+    with serve_in_thread(app, loop=loop_name, lifespan="off") as server:
+        loop = server.loop
+        assert loop not in registry._watchers
+        assert watchdog_threads() == baseline
+        assert get(f"{server.url}/block/1?seconds=0.4").status_code == 200
+        watcher = registry._watchers.get(loop)
+        assert watcher is not None
+        assert watcher.running
+        assert watchdog_threads() == baseline + 1
+        [blocked] = otel.blocked_spans()
+        assert dict(blocked.attributes or {})["http.route"] == "/block/{item_id}"
+    # No shutdown message: the watchdog ends when it sees the loop closed.
+    wait_until(lambda: watchdog_threads() == baseline, STOP_WAIT_S, "the watchdog to end")
+
+
+def test_two_apps_on_one_loop_share_one_watcher(loop_name: str, otel: Otel, probe: Probe) -> None:
+    """Two watched apps behind one server: one watcher, stopped when both shut down; a stall
+    in one app links the requests it held up in the other."""
+    baseline = watchdog_threads()
+    first = build_fastapi(otel.providers, probe, instrument="after")
+    second = build_fastapi(otel.providers, probe, instrument="after")
+    composite = Composite({"one": first, "two": second})
+    try:
+        with (
+            serve_in_thread(composite, loop=loop_name) as server,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            loop = server.loop
+            assert registry._users.get(loop) == 2
+            assert watchdog_threads() == baseline + 1
+            victim = pool.submit(get, f"{server.url}/two/sleep?seconds=1.0")
+            wait_until(lambda: probe.sleepers >= 1, 5.0, "the victim to reach its handler")
+            assert get(f"{server.url}/one/block/8?seconds=0.4").status_code == 200
+            assert victim.result(HTTP_TIMEOUT_S).status_code == 200
+            [blocked] = otel.blocked_spans()
+            wait_until(lambda: len(otel.server_spans("/sleep")) == 1, 5.0, "victim span")
+        assert loop not in registry._watchers
+        assert watchdog_threads() == baseline
+    finally:
+        for app in (first, second):
+            FastAPIInstrumentor.uninstrument_app(app)
+    attributes = dict(blocked.attributes or {})
+    assert attributes["http.route"] == "/block/{item_id}"
+    assert attributes["loopwatch.delayed_requests"] == 1
+    [victim_span] = otel.server_spans("/sleep")
+    assert victim_span.context is not None
+    assert [link.context.span_id for link in blocked.links] == [victim_span.context.span_id]
+    assert float(dict(victim_span.attributes or {})["loopwatch.delayed_by"]) > 0.3  # type: ignore[arg-type]
