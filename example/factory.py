@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -73,8 +74,9 @@ def create_app(
             await workload.start()
             yield
         finally:
-            workload.close()
-            telemetry.shutdown()
+            # Both block (pool join, last export): off the loop, or loopwatch reports them.
+            await asyncio.to_thread(workload.close)
+            await asyncio.to_thread(telemetry.shutdown)
 
     app = FastAPI(title=demo_mode.title, lifespan=lifespan)
     app.state.telemetry = telemetry

@@ -23,7 +23,14 @@ CAUSES = {
     "unscheduled": "the process was not running",
     "code": "code on the loop",
 }
-CPU_SPANS = ("cpu.work.blocking", "cpu.work.offloaded", "cpu.work.process")
+ITEM_SPANS = (
+    "handler.get_item",
+    "db.query",
+    "cpu.work.blocking",
+    "cpu.work.offloaded",
+    "cpu.work.process",
+    "post.processing",
+)
 
 
 def duration(seconds: float | None) -> str:
@@ -124,17 +131,9 @@ def _spans_table(results: Sequence[ModeResult]) -> Table:
     table.add_column("span")
     for result in results:
         table.add_column(result.mode, justify="right")
-    for name in ("handler.get_item", "db.query"):
+    for name in ITEM_SPANS:
         table.add_row(name, *(duration(result.item_spans.get(name)) for result in results))
-    table.add_row("CPU work", *(_cpu_span(result) for result in results))
-    name = "post.processing"
-    table.add_row(name, *(duration(result.item_spans.get(name)) for result in results))
     return table
-
-
-def _cpu_span(result: ModeResult) -> str:
-    name = next((name for name in CPU_SPANS if name in result.item_spans), None)
-    return f"{name} {duration(result.item_spans[name])}" if name else "-"
 
 
 def _delay(distribution: Distribution | None, pick: Callable[[Distribution], float]) -> str:
