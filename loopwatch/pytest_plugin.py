@@ -82,6 +82,8 @@ SETTLE_DELAY = 0.001
 
 MAX_STACK_CHARS = 32_768
 MAX_REPORTED_STALLS = 5
+TEST_RUNNER_MODULES = ("__main__", "_pytest", "pytest", "pluggy", "pytest_asyncio", "runpy")
+"""Never the culprit, in addition to loopwatch's own list: the machinery that runs the test."""
 
 
 class LoopwatchWarning(pytest.PytestWarning):
@@ -98,16 +100,18 @@ class Allow:
     entry: str
     origin: str
     pattern: str
+    file: str = ""
+    line: int = 0
 
     @classmethod
-    def parse(cls, entry: str, origin: str) -> Allow:
+    def parse(cls, entry: str, origin: str, file: str = "", line: int = 0) -> Allow:
         module, sep, function = entry.strip().partition(":")
         if not sep or not module or not function or ":" in function:
             raise ValueError(
                 f"loopwatch allow entry {entry!r} ({origin}) is not module:function, "
                 f"e.g. 'myapp.db:connect'"
             )
-        return cls(entry.strip(), origin, f"{module}.{function}")
+        return cls(entry.strip(), origin, f"{module}.{function}", file, line)
 
     def matches(self, function: str) -> bool:
         """Whether a culprit named ``function`` (``module.qualname``) is allowed."""
@@ -143,6 +147,15 @@ def parse_threshold(raw: str, source: str) -> float:
     return checked_threshold(value, source)
 
 
+def _line_of(path: str, text: str) -> int:
+    """The line of ``path`` that mentions ``text`` (1-based), 0 if unknown."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return next((number for number, line in enumerate(file, 1) if text in line), 0)
+    except OSError:
+        return 0
+
+
 def checked_threshold(value: float, source: str) -> float:
     try:
         return resolve_config(threshold=value).threshold
@@ -164,8 +177,9 @@ def read_settings(config: pytest.Config) -> Settings:
                     f"{error}. If that is a path, write --loopwatch=THRESHOLD or put "
                     f"--loopwatch after the paths"
                 ) from None
+        ini = str(config.inipath or "")
         allow = tuple(
-            Allow.parse(entry, "ini loopwatch_allow")
+            Allow.parse(entry, "ini loopwatch_allow", ini, _line_of(ini, entry.strip()))
             for entry in config.getini("loopwatch_allow")
             if entry.strip()
         )
@@ -202,7 +216,8 @@ def policy_for(item: pytest.Item, settings: Settings) -> Policy:
             if given is not None and not threshold_set:
                 threshold, threshold_set = given, True
             origin = f"marker on {_marker_origin(node)}"
-            allow.extend(Allow.parse(entry, origin) for entry in entries)
+            path = str(node.path)
+            allow.extend(Allow.parse(e, origin, path, _line_of(path, e)) for e in entries)
         if not active:
             return Policy(active=False)
         if threshold is None:
@@ -265,6 +280,7 @@ class Run:
     item: pytest.Item
     policy: Policy
     phase: str = "setup"
+    watched_loop: bool = False
     stalls: list[Stall] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -309,14 +325,17 @@ class Plugin:
     settings: Settings
     current: Run | None = None
     loops: set[asyncio.AbstractEventLoop] = field(default_factory=set)
+    active: int = 0
     watched: int = 0
     failed: int = 0
     allowed: int = 0
-    allow_used: dict[tuple[str, str], bool] = field(default_factory=dict)
+    allow_used: dict[tuple[str, str], Allow | None] = field(default_factory=dict)
+    """Every allow entry in force during the run; ``None`` once it matched a stall."""
+    errors: list[str] = field(default_factory=list)
 
     def register(self, entries: Iterable[Allow]) -> None:
         for entry in entries:
-            self.allow_used.setdefault((entry.origin, entry.entry), False)
+            self.allow_used.setdefault((entry.origin, entry.entry), entry)
 
     def split(self, run: Run, stalls: list[Stall]) -> list[Stall]:
         """The stalls not covered by the allow-list; marks the entries that matched."""
@@ -325,7 +344,7 @@ class Plugin:
             culprit = stall.event.culprit
             matched = [a for a in run.policy.allow if culprit and a.matches(culprit.function)]
             for entry in matched:
-                self.allow_used[(entry.origin, entry.entry)] = True
+                self.allow_used[(entry.origin, entry.entry)] = None
             if matched:
                 self.allowed += 1
             else:
@@ -413,13 +432,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     policy = policy_for(item, plugin.settings) if plugin is not None else None
     if plugin is None or policy is None or not policy.active:
         return (yield)
-    plugin.watched += 1
+    plugin.active += 1
     plugin.register(policy.allow)
-    plugin.current = Run(item, policy)
+    plugin.current = run = Run(item, policy)
     try:
         return (yield)
     finally:
         plugin.current = None
+        plugin.watched += run.watched_loop
 
 
 @pytest.hookimpl(wrapper=True)
@@ -482,29 +502,42 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         return (yield)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    plugin = session.config.stash.get(PLUGIN_KEY, None)
+    if plugin is None or not plugin.active:
+        return
+    for allow in plugin.allow_used.values():
+        if allow is None:
+            continue
+        message = (
+            f"loopwatch allow-list entry {allow.entry!r} ({allow.origin}) never matched a "
+            f"stall in this run; remove it if it is stale"
+        )
+        try:  # recorded by pytest's warnings plugin, shown in the warnings summary
+            warnings.warn_explicit(
+                LoopwatchWarning(message), LoopwatchWarning, allow.file or "loopwatch", allow.line
+            )
+        except LoopwatchWarning:  # -W error: an error of the run
+            plugin.errors.append(message)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
     plugin = config.stash.get(PLUGIN_KEY, None)
-    if plugin is None or not plugin.watched:
+    if plugin is None or not plugin.active:
         return
     terminalreporter.write_sep("-", "loopwatch")
     threshold = plugin.settings.threshold or DEFAULT_THRESHOLD
     terminalreporter.write_line(
-        f"{plugin.watched} tests watched (threshold {threshold:g} s unless a marker says "
-        f"otherwise): {plugin.failed} failed by event loop stalls, {plugin.allowed} stalls "
-        f"allowed by the allow-list"
+        f"{plugin.watched} of {plugin.active} tests ran on a watched event loop "
+        f"(threshold {threshold:g} s unless a marker says otherwise); "
+        f"{plugin.failed} failed by a stall, {plugin.allowed} stalls allowed"
     )
-    for (origin, entry), used in plugin.allow_used.items():
-        if not used:
-            # Shown in pytest's final warnings summary (the warnings plugin wraps this hook).
-            warnings.warn(
-                LoopwatchWarning(
-                    f"loopwatch allow-list entry {entry!r} ({origin}) never matched a stall "
-                    f"in this run; remove it if it is stale"
-                ),
-                stacklevel=1,
-            )
+    for message in plugin.errors:
+        terminalreporter.write_line(f"ERROR: {message}", red=True)
 
 
 # --- watching the loop ------------------------------------------------------------------
@@ -597,12 +630,14 @@ class Watching:
             on_block=recorder,
             measure_utilization=False,
             max_stack_chars=MAX_STACK_CHARS,
+            skip_modules=_skip_modules(),
         )
         watcher.start(loop)
         if not watcher.running:  # LOOPWATCH_ENABLED=0
             return
         self._plugin.loops.add(loop)
         self._owned = loop, watcher, recorder
+        run.watched_loop = True
         await asyncio.sleep(0)  # the heartbeat's first tick runs before the watched code
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -669,7 +704,7 @@ def _details(stall: Stall) -> str:
     task = f", task {event.task_name}" if event.task_name else ""
     lines = [
         f"    duration: {event.duration:.3f} s",
-        f"    culprit:  {event.culprit or f'none sampled (cause {event.cause})'}",
+        f"    culprit:  {event.culprit or _no_culprit(event)}",
         f"    offender: {event.offender or '-'}",
         f"    cause:    {event.cause} ({event.samples} samples{task})",
     ]
@@ -682,6 +717,16 @@ def _details(stall: Stall) -> str:
         lines.append("    stack:")
         lines.extend(f"      {line}" for line in trim_stack(event.stack).splitlines())
     return "\n".join(lines)
+
+
+def _no_culprit(event: BlockEvent) -> str:
+    if event.samples:
+        return "none (no application code on the stack: a callback or library code)"
+    return f"none (no stack sample could be taken during the stall: cause {event.cause})"
+
+
+def _skip_modules() -> tuple[str, ...]:
+    return resolve_config().skip_modules + TEST_RUNNER_MODULES
 
 
 def allow_entry(frame: FrameInfo) -> str:
@@ -705,17 +750,17 @@ def trim_stack(stack: str) -> str:
     ours = f'File "{__file__}"'
     frames = [index for index, line in enumerate(lines) if line.strip().startswith('File "')]
     cut = next((i for i in reversed(frames) if lines[i].strip().startswith(ours)), None)
-    if cut is None:
+    if cut is not None:  # drop our wrapper and its source line
+        rest = lines[cut + 1 :]
+        if rest and not rest[0].strip().startswith('File "'):
+            rest = rest[1:]
+    else:  # a callback: keep the loop's dispatch frame that called it
         dispatch = f"{os.sep}asyncio{os.sep}events.py"
         cut = next(
-            (i for i in reversed(frames) if dispatch in lines[i] and lines[i].endswith(" in _run")),
+            (i for i in reversed(frames) if dispatch in lines[i] and lines[i].endswith("._run")),
             None,
         )
-    if cut is None:
-        return stack
-    rest = lines[cut + 1 :]
-    if rest and not rest[0].strip().startswith('File "'):
-        rest = rest[1:]  # the source line of the dropped frame
+        rest = lines[cut:] if cut is not None else []
     if not rest:
         return stack
     return "\n".join([lines[0], "  ... (outer frames of pytest and the event loop omitted)", *rest])
