@@ -48,7 +48,8 @@ def create_app(
             ``http://jaeger:4318/v1/traces``.
         otlp_endpoint: OTLP/HTTP traces URL; with ``span_exporter``, spans go to both.
         metric_readers: Extra readers next to the Prometheus one behind ``GET /metrics``.
-        prometheus_registry: The registry ``GET /metrics`` serves; default the global one.
+        prometheus_registry: The registry ``GET /metrics`` serves; default the global one,
+            which the off-loop server of ``LOOPWATCH_METRICS_PORT`` serves too.
         on_block: loopwatch's hook, called on its watchdog thread for every stall.
 
     The providers are shut down (spans flushed) when the app's lifespan ends, so an app

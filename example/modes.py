@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 MODE_VARIABLE = "DEMO_MODE"
@@ -30,17 +30,30 @@ class Mode:
         return f"fastapi-demo-{self.name}"
 
 
-MODES: Mapping[str, Mode] = {
-    mode.name: mode
-    for mode in (
-        # The article's slow service: CPU work on the event loop thread.
-        Mode("bottlenecks", "FastAPI OTel Demo (Bottlenecks)", "loop", 0.4, 0.1, 1.2, "slow"),
-        # The article's fixes: faster dependencies, CPU work moved to a thread.
-        Mode("optimized", "FastAPI OTel Demo (Optimized)", "thread", 0.08, 0.02, 0.2, "fast"),
-        # Beyond the article: the CPU work in another process, away from the GIL.
-        Mode("process", "FastAPI OTel Demo (Process pool)", "process", 0.08, 0.02, 0.2, "fast"),
-    )
-}
+_SLOW = Mode(
+    name="bottlenecks",
+    title="FastAPI OTel Demo (Bottlenecks)",
+    cpu="loop",  # the article's slow service: CPU work on the event loop thread
+    db_seconds=0.4,
+    post_processing_seconds=0.1,
+    background_job_seconds=1.2,
+    background_job_type="slow",
+)
+_OPTIMIZED = Mode(
+    name="optimized",
+    title="FastAPI OTel Demo (Optimized)",
+    cpu="thread",  # the article's fix: CPU work moved to a thread
+    db_seconds=0.08,
+    post_processing_seconds=0.02,
+    background_job_seconds=0.2,
+    background_job_type="fast",
+)
+# Beyond the article: the CPU work in a worker process, away from the loop's GIL.
+_PROCESS = replace(
+    _OPTIMIZED, name="process", title="FastAPI OTel Demo (Process pool)", cpu="process"
+)
+
+MODES: Mapping[str, Mode] = {mode.name: mode for mode in (_SLOW, _OPTIMIZED, _PROCESS)}
 
 
 def resolve_mode(mode: str | None = None, environ: Mapping[str, str] | None = None) -> Mode:

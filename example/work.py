@@ -82,7 +82,7 @@ class Workload:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._pool, cpu_heavy_blocking_work)
         with self._tracer.start_as_current_span("cpu.work.blocking"):
-            # Deliberately bad in the slow mode: the event loop stalls for the whole loop.
+            # Deliberately bad: the event loop stalls until the computation is done.
             return cpu_heavy_blocking_work()
 
     async def post_processing(self) -> None:

@@ -12,7 +12,6 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from loopwatch.demo.source import ExampleNotFoundError, make_example_importable
 
-MODES = ("bottlenecks", "optimized", "process")
 INSTALL_HINT = "install the demo extra: pip install -e '.[demo]'"
 
 
@@ -30,6 +29,7 @@ def run_demo(*, otlp_endpoint: str | None = None, console: Console | None = None
         return 2
     # These import the example app, importable only now that the checkout is on sys.path.
     try:
+        from example.modes import MODES
         from example.telemetry import otlp_traces_endpoint, traces_url
         from loopwatch.demo.report import render
         from loopwatch.demo.runner import STEPS, run_mode
