@@ -209,7 +209,9 @@ def _prometheus_provider_if_missing() -> metrics.MeterProvider | None:
 
 def _has_prometheus_reader(provider: metrics.MeterProvider) -> bool:
     """Whether an SDK provider has a Prometheus reader (assumed so if it cannot be told)."""
-    readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", None)
+    readers = getattr(provider, "_metric_readers", None)
+    if readers is None:
+        readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", None)
     if readers is None:
         return True
     return any(type(reader).__name__ == "PrometheusMetricReader" for reader in readers)

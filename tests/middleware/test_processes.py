@@ -1,0 +1,123 @@
+"""uvicorn in subprocesses: the off-loop metrics server answers during a stall, and each
+of several workers serves its own loop's metrics on its own port."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .server import (
+    HTTP_TIMEOUT_S,
+    Samples,
+    child_environ,
+    free_port,
+    free_port_pair,
+    python_module,
+    run_process,
+    sample_total,
+    scrape,
+    wait_http_ok,
+    wait_until,
+)
+
+APP = "tests.middleware.apps.served:app"
+ONGOING = "asyncio_eventloop_block_ongoing_seconds"
+BLOCK_COUNT = "asyncio_eventloop_block_duration_seconds_count"
+DELAY_COUNT = "asyncio_eventloop_delay_seconds_count"
+STALL_S = 2.0
+
+
+def uvicorn_argv(port: int, loop: str, *extra: str) -> list[str]:
+    return python_module(
+        "uvicorn", APP, "--host", "127.0.0.1", "--port", str(port), "--loop", loop, *extra
+    )
+
+
+def try_scrape(url: str) -> Samples | None:
+    try:
+        return scrape(url, timeout=1.0)
+    except httpx.HTTPError:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("loop", "configured_by"),
+    [("asyncio", "option"), ("uvloop", "environment"), ("asyncio", "environment-sdk")],
+)
+def test_scrape_answers_during_a_stall(loop: str, configured_by: str, tmp_path: Path) -> None:
+    """While a request holds the loop in ``time.sleep(2)``, the metrics port answers and
+    reports the ongoing stall; afterwards the stall is counted under its route.
+
+    ``environment-sdk``: the app installed a global SDK MeterProvider without readers
+    (``opentelemetry-instrument`` with ``OTEL_METRICS_EXPORTER=none``)."""
+    port, metrics_port = free_port(), free_port()
+    settings = (
+        {"MIDDLEWARE_TEST_METRICS_PORT": str(metrics_port)}
+        if configured_by == "option"
+        else {"LOOPWATCH_METRICS_PORT": str(metrics_port)}
+    )
+    if configured_by == "environment-sdk":
+        settings["MIDDLEWARE_TEST_SDK_METER_PROVIDER"] = "1"
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with run_process(
+        uvicorn_argv(port, loop), env=child_environ(**settings), log_path=tmp_path / "log"
+    ) as server:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", server)
+        idle = scrape(metrics_url)
+        assert sample_total(idle, ONGOING) == 0
+        assert ONGOING in idle, server.output()
+        with ThreadPoolExecutor(1) as pool:
+            blocker = pool.submit(
+                httpx.get, f"http://127.0.0.1:{port}/block?seconds={STALL_S}", timeout=10
+            )
+            during: list[float] = []
+
+            def sees_stall() -> bool:
+                samples = try_scrape(metrics_url)
+                if samples is not None and sample_total(samples, ONGOING) > 0:
+                    during.append(sample_total(samples, ONGOING))
+                    return not blocker.done()
+                return False
+
+            wait_until(sees_stall, STALL_S - 0.5, "a scrape showing the ongoing stall")
+            assert not blocker.done()
+            assert 0 < during[0] < STALL_S + 1
+            assert blocker.result(HTTP_TIMEOUT_S).status_code == 200
+        wait_until(
+            lambda: sample_total(scrape(metrics_url), BLOCK_COUNT, http_route="/block") >= 1,
+            5.0,
+            "the stall to be counted",
+        )
+        after = scrape(metrics_url)
+    assert sample_total(after, ONGOING) == 0
+    assert sample_total(after, BLOCK_COUNT, http_route="/block", http_request_method="GET") == 1
+    assert sample_total(after, BLOCK_COUNT, loopwatch_cause="blocking") == 1
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_two_workers_serve_their_own_metrics(loop: str, tmp_path: Path) -> None:
+    """``--workers 2`` with a port range: one metrics port per worker, each watching its loop."""
+    port, first = free_port(), free_port_pair()
+    env = child_environ(LOOPWATCH_METRICS_PORT=f"{first}-{first + 1}")
+    urls = [f"http://127.0.0.1:{p}/metrics" for p in (first, first + 1)]
+    with run_process(
+        uvicorn_argv(port, loop, "--workers", "2"), env=env, log_path=tmp_path / "log"
+    ) as server:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", server)
+        deadline = time.monotonic() + 30
+        scrapes: list[Samples | None] = [None, None]
+        while time.monotonic() < deadline:
+            scrapes = [try_scrape(url) for url in urls]
+            if all(s is not None and sample_total(s, DELAY_COUNT) > 0 for s in scrapes):
+                break
+            assert server.proc.poll() is None, server.output()
+            time.sleep(0.1)
+    for url, samples in zip(urls, scrapes, strict=True):
+        assert samples is not None, f"{url} does not answer:\n{server.output()}"
+        assert sample_total(samples, DELAY_COUNT) > 0, url
+        assert ONGOING in samples
+    assert server.output().count("Started server process") == 2

@@ -1,0 +1,109 @@
+"""Zero-code loopwatch: the ``opentelemetry_instrumentor`` entry point, in this process and
+under ``opentelemetry-instrument uvicorn`` with an app that has no loopwatch code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from loopwatch.instrumentation import LoopWatchInstrumentor
+
+from .apps.inprocess import THRESHOLD_S
+from .conftest import Otel
+from .server import (
+    HTTP_TIMEOUT_S,
+    child_environ,
+    free_port,
+    run_process,
+    sample_total,
+    scrape,
+    serve_in_thread,
+    venv_script,
+    wait_http_ok,
+    wait_until,
+)
+from .test_spans import STALL_S, assert_child_of, assert_names_culprit, server_span
+
+BLOCK_COUNT = "asyncio_eventloop_block_duration_seconds_count"
+
+
+@pytest.fixture
+def instrumentor(otel: Otel) -> Iterator[LoopWatchInstrumentor]:
+    """The entry point's instrumentor, active for one test and always undone."""
+    instance = LoopWatchInstrumentor()
+    instance.instrument(
+        threshold=THRESHOLD_S,
+        tracer_provider=otel.providers.tracer_provider,
+        meter_provider=otel.providers.meter_provider,
+    )
+    try:
+        yield instance
+    finally:
+        instance.uninstrument()
+
+
+@pytest.mark.usefixtures("instrumentor")
+@pytest.mark.parametrize("watched_by_app", [False, True], ids=["entry-point", "both"])
+def test_instrumentor_inside_fastapi_instrumentation(
+    loop_name: str, watched_by_app: bool, otel: Otel, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """The instrumentor watches a FastAPI app built after it, inside FastAPIInstrumentor's
+    server span; an app that adds the middleware itself is not watched twice."""
+    app = fastapi_app(loopwatch=watched_by_app, instrument="after")
+    with serve_in_thread(app, loop=loop_name) as server:
+        response = httpx.get(f"{server.url}/block/6?seconds={STALL_S}", timeout=HTTP_TIMEOUT_S)
+        assert response.status_code == 200
+        [blocked] = otel.blocked_spans()
+        parent = server_span(otel, "/block/{item_id}")
+    assert_names_culprit(blocked, "/block/{item_id}")
+    assert_child_of(blocked, parent)
+    # Two middlewares would register the request twice: it would count as its own victim.
+    assert dict(blocked.attributes or {})["loopwatch.delayed_requests"] == 0
+    [point] = otel.metric_points("asyncio.eventloop.block.duration")
+    assert point.count == 1
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_opentelemetry_instrument_uvicorn(loop: str, tmp_path: Path) -> None:
+    """``opentelemetry-instrument uvicorn`` on an app without loopwatch code: the stall is
+    logged naming the function and route, and counted on the metrics port."""
+    port, metrics_port = free_port(), free_port()
+    env = child_environ(
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        LOOPWATCH_METRICS_PORT=str(metrics_port),
+        LOOPWATCH_THRESHOLD_MS="100",
+    )
+    argv = [
+        venv_script("opentelemetry-instrument"),
+        venv_script("uvicorn"),
+        "tests.middleware.apps.plain_fastapi:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        loop,
+    ]
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with run_process(argv, env=env, log_path=tmp_path / "log") as server:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", server)
+        block = httpx.get(f"http://127.0.0.1:{port}/block/1?seconds=0.4", timeout=HTTP_TIMEOUT_S)
+        assert block.status_code == 200
+        wait_until(
+            lambda: sample_total(scrape(metrics_url), BLOCK_COUNT) >= 1,
+            5.0,
+            "the stall on the metrics port",
+        )
+        samples = scrape(metrics_url)
+        output = server.output()
+    assert sample_total(samples, BLOCK_COUNT, http_route="/block/{item_id}") == 1, output
+    assert "event loop blocked for" in output
+    assert "in tests.middleware.apps.plain_fastapi.blocking_call (" in output
+    assert "during GET /block/{item_id}" in output
+    assert "Skipping FastAPI instrumentation" not in output
