@@ -1,0 +1,253 @@
+"""Microbenchmarks: the cost of watching a loop that does nothing but switch tasks, and
+the cost of one stack sample of a 50-frame stack.
+
+Run in a fresh process (``python -m bench.micro ROUNDS``, JSON on stdout); the harness in
+:func:`run` does that. Each round runs every configuration once, in a shuffled order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import uvloop
+
+from loopwatch import LoopWatch
+from loopwatch.sampler import take_sample
+
+SWITCHES = 400_000
+SLOW_CALLBACK = 0.1
+"""Threshold of the asyncio debug mode and of the aiodebug-style logger (as loopwatch's)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration: loop, shape of the work, monitor."""
+
+    loop: str  # "asyncio" | "uvloop"
+    shape: str  # "100 tasks x 4000" | "1 task x 400000"
+    monitor: str  # "none" | "loopwatch" | "asyncio debug" | "aiodebug-style"
+
+    @property
+    def key(self) -> str:
+        return f"{self.loop} | {self.shape} | {self.monitor}"
+
+
+SHAPES = {"100 tasks x 4000": (100, 4000), "1 task x 400000": (1, 400_000)}
+
+
+def cases() -> list[Case]:
+    """asyncio with all four monitors; uvloop (no Python Handle, no debug hooks) with two."""
+    found = []
+    for shape in SHAPES:
+        for monitor in ("none", "loopwatch", "asyncio debug", "aiodebug-style"):
+            found.append(Case("asyncio", shape, monitor))
+        for monitor in ("none", "loopwatch"):
+            found.append(Case("uvloop", shape, monitor))
+    return found
+
+
+@contextmanager
+def aiodebug_style(threshold: float) -> Iterator[list[float]]:
+    """Patch ``asyncio.events.Handle._run`` to time every callback, like aiodebug does."""
+    slow: list[float] = []
+    original = asyncio.events.Handle._run
+
+    def instrumented(self: asyncio.Handle) -> None:
+        started = time.monotonic()
+        original(self)  # type: ignore[attr-defined]
+        took = time.monotonic() - started
+        if took >= threshold:
+            slow.append(took)
+
+    asyncio.events.Handle._run = instrumented  # type: ignore[attr-defined]
+    try:
+        yield slow
+    finally:
+        asyncio.events.Handle._run = original  # type: ignore[attr-defined]
+
+
+async def _switcher(times: int) -> None:
+    sleep = asyncio.sleep
+    for _ in range(times):
+        await sleep(0)
+
+
+async def _switch(case: Case) -> tuple[float, float]:
+    tasks, times = SHAPES[case.shape]
+    watcher = LoopWatch() if case.monitor == "loopwatch" else None
+    if watcher is not None:
+        watcher.start()
+    if case.monitor == "asyncio debug":
+        asyncio.get_running_loop().set_debug(True)
+        asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK
+    await asyncio.sleep(0.05)  # every monitor settled (heartbeat ticking)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(_switcher(times) for _ in range(tasks)))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    if watcher is not None:
+        watcher.stop()
+    return elapsed, cpu
+
+
+def measure(case: Case) -> tuple[float, float]:
+    """Wall and process CPU seconds for 400k task switches in ``case`` (a new loop)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] = (
+        uvloop.new_event_loop if case.loop == "uvloop" else asyncio.new_event_loop
+    )
+    loop = factory()
+    try:
+        if case.monitor == "aiodebug-style":
+            with aiodebug_style(SLOW_CALLBACK):
+                return loop.run_until_complete(_switch(case))
+        return loop.run_until_complete(_switch(case))
+    finally:
+        loop.close()
+
+
+def _park(depth: int, ready: threading.Event, release: threading.Event) -> None:
+    if depth > 1:
+        _park(depth - 1, ready, release)
+        return
+    ready.set()
+    release.wait()
+
+
+def _stack_depth(thread_id: int) -> int:
+    frame = sys._current_frames()[thread_id]
+    depth = 0
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    return depth
+
+
+def sample_cost(frames: int = 50, calls: int = 20_000, batches: int = 11) -> dict[str, float]:
+    """Per-call cost of ``take_sample`` on a thread parked ``frames`` frames deep."""
+    release = threading.Event()
+    # Probe the fixed part of a parked thread's stack, then size the recursion to ``frames``.
+    ready = threading.Event()
+    probe = threading.Thread(target=_park, args=(1, ready, release), daemon=True)
+    probe.start()
+    ready.wait()
+    base = _stack_depth(probe.ident or 0) - 1
+    release.set()
+    probe.join()
+    release = threading.Event()
+    ready = threading.Event()
+    thread = threading.Thread(target=_park, args=(frames - base, ready, release), daemon=True)
+    thread.start()
+    ready.wait()
+    thread_id = thread.ident or 0
+    depth = _stack_depth(thread_id)
+    per_call = []
+    threads = threading.active_count()
+    try:
+        sample = take_sample(thread_id, 64)
+        if sample is None or len(sample.frames) != depth:
+            raise RuntimeError(f"expected a {depth}-frame sample, got {sample!r}")
+        for _ in range(batches):
+            started = time.perf_counter()
+            for _ in range(calls):
+                take_sample(thread_id, 64)
+            per_call.append((time.perf_counter() - started) / calls)
+    finally:
+        release.set()
+        thread.join()
+    return {
+        "stack_depth": depth,
+        "threads": threads,
+        "median_us": statistics.median(per_call) * 1e6,
+        "min_us": min(per_call) * 1e6,
+        "max_us": max(per_call) * 1e6,
+        "calls": calls * batches,
+    }
+
+
+DEBUG_ROUNDS = 2
+"""asyncio debug mode is ~20x slower (10+ s a run): it only runs this many rounds."""
+
+
+def worker(rounds: int, seed: int = 7) -> dict[str, object]:
+    """Every case once per round in a shuffled order, then the sample cost."""
+    rng = random.Random(seed)
+    timings: dict[str, list[float]] = {case.key: [] for case in cases()}
+    cpu: dict[str, list[float]] = {case.key: [] for case in cases()}
+    for case in cases():  # warm-up round, not recorded
+        if case.monitor != "asyncio debug":
+            measure(case)
+    debug_rounds = 1 if rounds <= 3 else DEBUG_ROUNDS
+    for index in range(rounds):
+        order = cases()
+        rng.shuffle(order)
+        for case in order:
+            if case.monitor == "asyncio debug" and index >= debug_rounds:
+                continue
+            wall, used = measure(case)
+            timings[case.key].append(wall)
+            cpu[case.key].append(used)
+    return {
+        "switches": SWITCHES,
+        "rounds": rounds,
+        "timings": timings,
+        "cpu": cpu,
+        "sample": sample_cost(),
+    }
+
+
+def summarize(raw: dict[str, object]) -> list[dict[str, object]]:
+    """Per case: median seconds, spread, and the overhead against no monitor."""
+    timings: dict[str, list[float]] = raw["timings"]  # type: ignore[assignment]
+    cpu: dict[str, list[float]] = raw["cpu"]  # type: ignore[assignment]
+    rows = []
+    for case in cases():
+        values = timings[case.key]
+        base_key = Case(case.loop, case.shape, "none").key
+        base_values = timings[base_key]
+        base = statistics.median(base_values)
+        med = statistics.median(values)
+        cpu_med = statistics.median(cpu[case.key])
+        rows.append(
+            {
+                "loop": case.loop,
+                "shape": case.shape,
+                "monitor": case.monitor,
+                "median_s": med,
+                "min_s": min(values),
+                "max_s": max(values),
+                "per_switch_us": med / SWITCHES * 1e6,
+                "overhead": med / base - 1,
+                "overhead_best": min(values) / min(base_values) - 1,
+                "runs": len(values),
+                "cpu_median_s": cpu_med,
+                "cpu_overhead": cpu_med / statistics.median(cpu[base_key]) - 1,
+            }
+        )
+    return rows
+
+
+def run(quick: bool) -> dict[str, object]:
+    """Run :func:`worker` in a fresh interpreter and summarize."""
+    import subprocess
+
+    from .common import ROOT
+
+    rounds = 3 if quick else 7
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.micro", str(rounds)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=900,
+    )  # fmt: skip
+    raw = json.loads(out.stdout)
+    return {"raw": raw, "rows": summarize(raw)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(int(sys.argv[1]) if len(sys.argv) > 1 else 5)))
