@@ -19,7 +19,7 @@ CAUSES = {
     "cpu": "Python code running on the loop",
     "blocking": "the loop thread waited: sleep, blocking I/O, a lock",
     "gc": "garbage collection",
-    "gil": "a C call held the GIL",
+    "gil": "the loop waited for the GIL; no stack sample possible",
     "unscheduled": "the process was not running",
     "code": "code on the loop",
 }
