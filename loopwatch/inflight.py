@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -28,7 +28,6 @@ class Request:
     started: float
     span: trace.Span | None
     delayed_by: float = 0.0
-    ended: float | None = field(default=None)
 
     @property
     def route(self) -> str | None:

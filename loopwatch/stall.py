@@ -38,7 +38,6 @@ class Stall:
     """One stall of the loop, from detection (or from the tick that revealed it) to its end."""
 
     start: float
-    detected: bool
     samples: list[TakenSample] = field(default_factory=list)
     task_name: str | None = None
     span: trace.Span | None = None

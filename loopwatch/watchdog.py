@@ -158,7 +158,7 @@ class Watchdog:
             start = self._tick_start(before, tick)
             if tick.ran - start < self._config.threshold:
                 return
-            stall = Stall(start=start, detected=False)
+            stall = Stall(start=start)
             stall.watchdog_held_off = self._held_off_until > start
         else:
             self._stall = None
@@ -193,7 +193,7 @@ class Watchdog:
         start = self._estimated_start(last_ran)
         if now - start < self._config.threshold:
             return
-        stall = Stall(start=start, detected=True, watchdog_held_off=not on_time)
+        stall = Stall(start=start, watchdog_held_off=not on_time)
         self._sched_at_detection = self._read_schedstat()
         stall.cause = self._provisional_cause(on_time)
         self._heartbeat.watchdog_waiting = True
