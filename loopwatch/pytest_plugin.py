@@ -498,7 +498,9 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     if plugin is None or run is None or not _is_async(func):
         return (yield)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fixturedef, "func", _watched(func, plugin, f"fixture {fixturedef.argname!r}"))
+        where = f"fixture {fixturedef.argname!r}"  # async generators add setup/teardown
+        where += "" if inspect.isasyncgenfunction(func) else " setup"
+        patch.setattr(fixturedef, "func", _watched(func, plugin, where))
         return (yield)
 
 
