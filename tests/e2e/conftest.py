@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -84,6 +84,19 @@ def _start_with_retries(start: Callable[[int], T]) -> T:
             if not exc.exited:
                 raise
     return start(START_ATTEMPTS)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On failure, attach the output of the servers that ran during the failed phase."""
+    report = yield
+    if report.failed:
+        for process in ManagedProcess.started:
+            if process.stopped_at is None or process.stopped_at >= call.start:
+                report.sections.append((f"{process.name} output", process.describe()))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -56,7 +56,13 @@ class ServerError(RuntimeError):
 
 
 class ManagedProcess:
-    """A server subprocess in its own process group; its output goes to a log file."""
+    """A server subprocess in its own process group; its output goes to a log file.
+
+    Every instance is kept in :attr:`started` (the conftest shows their logs when a
+    test fails) and records when it was stopped (epoch seconds).
+    """
+
+    started: ClassVar[list[ManagedProcess]] = []
 
     def __init__(
         self,
@@ -80,6 +86,9 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group, so stop() reaches children too
         )
+        self.started_at = time.time()
+        self.stopped_at: float | None = None
+        ManagedProcess.started.append(self)
 
     @property
     def alive(self) -> bool:
@@ -120,6 +129,8 @@ class ManagedProcess:
             self._signal_group(signal.SIGKILL)
         finally:
             self._log.close()
+            if self.stopped_at is None:
+                self.stopped_at = time.time()
         return self.proc.returncode
 
 
