@@ -1012,7 +1012,7 @@ def test_dashboard_contents(
         "asyncio_eventloop_delay_max_seconds",
         "asyncio_eventloop_block_duration_seconds_count",
         "asyncio_eventloop_block_duration_seconds_sum",
-        "asyncio_eventloop_utilization_ratio",
+        "asyncio_eventloop_utilization",
     ):
         assert needle in exprs, f"dashboard has no query with {needle}"
     stalls = [
