@@ -88,7 +88,10 @@ class LoopWatchMiddleware:
         if kind == "http":
             await self._serve_http(scope, receive, send)
         elif kind == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
+            try:
+                await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
+            finally:
+                self._release()  # also when start-up failed: no shutdown will follow
         else:
             await self.app(scope, receive, send)
 

@@ -70,6 +70,7 @@ class _Server(uvicorn.Server):
     """A uvicorn server that remembers the loop it runs on."""
 
     loop: asyncio.AbstractEventLoop | None = None
+    exit_code: object = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -243,3 +244,31 @@ def sample_total(samples: Samples, name: str, **labels: str) -> float:
         for sample_labels, value in samples.get(name, [])
         if all(sample_labels.get(key) == wanted for key, wanted in labels.items())
     )
+
+
+def run_until_exit(app: Any, *, loop: str, timeout: float = START_TIMEOUT_S) -> _Server:
+    """Run a server that is expected to exit by itself (e.g. its start-up fails)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app, loop=loop, lifespan="on", log_config=None, log_level="critical", access_log=False
+    )
+    server = _Server(config)
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except SystemExit as exit_:  # uvicorn exits with 3 when start-up fails
+            server.exit_code = exit_.code
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        thread.join(timeout)
+        if thread.is_alive():
+            server.force_exit = server.should_exit = True
+            thread.join(STOP_TIMEOUT_S)
+            raise AssertionError("the server did not exit by itself")
+    finally:
+        sock.close()
+    return server

@@ -3,19 +3,20 @@ how apps sharing a loop share it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from loopwatch import registry
+from loopwatch import LoopWatchMiddleware, registry
 
 from .apps.composite import Composite
 from .apps.inprocess import Probe, build_fastapi
 from .conftest import Otel, watchdog_threads
-from .server import HTTP_TIMEOUT_S, serve_in_thread, wait_until
+from .server import HTTP_TIMEOUT_S, run_until_exit, serve_in_thread, wait_until
 
 STOP_WAIT_S = 5.0
 
@@ -100,3 +101,22 @@ def test_two_apps_on_one_loop_share_one_watcher(loop_name: str, otel: Otel, prob
     assert victim_span.context is not None
     assert [link.context.span_id for link in blocked.links] == [victim_span.context.span_id]
     assert float(dict(victim_span.attributes or {})["loopwatch.delayed_by"]) > 0.3  # type: ignore[arg-type]
+
+
+def test_failed_startup_releases_the_watcher(loop_name: str) -> None:
+    """An app whose start-up fails: the server exits and the watcher does not outlive it."""
+
+    @asynccontextmanager
+    async def failing(app: FastAPI) -> AsyncIterator[None]:
+        raise RuntimeError("start-up fails on purpose")
+        yield  # pragma: no cover
+
+    baseline = watchdog_threads()
+    app = FastAPI(lifespan=failing)
+    app.add_middleware(LoopWatchMiddleware, threshold=0.1)
+    server = run_until_exit(app, loop=loop_name)
+    assert not server.started
+    assert server.exit_code == 3
+    assert server.loop is not None
+    assert server.loop not in registry._watchers
+    assert watchdog_threads() == baseline
