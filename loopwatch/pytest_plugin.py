@@ -58,6 +58,7 @@ import fnmatch
 import functools
 import inspect
 import os
+import re
 import sys
 import threading
 import types
@@ -82,7 +83,10 @@ SETTLE_DELAY = 0.001
 
 MAX_STACK_CHARS = 32_768
 MAX_REPORTED_STALLS = 5
-TEST_RUNNER_MODULES = ("__main__", "_pytest", "pytest", "pluggy", "pytest_asyncio", "runpy")
+TEST_RUNNER_MODULES = (
+    *("__main__", "runpy", "_pytest", "pytest", "pluggy", "pytest_asyncio"),
+    "backports.asyncio.runner",  # pytest-asyncio's asyncio.Runner on Python 3.10
+)
 """Never the culprit, in addition to loopwatch's own list: the machinery that runs the test."""
 
 
@@ -746,6 +750,9 @@ def allow_entry(frame: FrameInfo) -> str:
     return fallback or f"{parts[0]}:{'.'.join(parts[1:])}"
 
 
+_DISPATCH = re.compile(r" in (Handle\.)?_run$")  # no qualified names before Python 3.11
+
+
 def trim_stack(stack: str) -> str:
     """Drop the frames of pytest and the event loop above the watched test or fixture."""
     lines = stack.splitlines()
@@ -759,7 +766,7 @@ def trim_stack(stack: str) -> str:
     else:  # a callback: keep the loop's dispatch frame that called it
         dispatch = f"{os.sep}asyncio{os.sep}events.py"
         cut = next(
-            (i for i in reversed(frames) if dispatch in lines[i] and lines[i].endswith("._run")),
+            (i for i in reversed(frames) if dispatch in lines[i] and _DISPATCH.search(lines[i])),
             None,
         )
         rest = lines[cut:] if cut is not None else []

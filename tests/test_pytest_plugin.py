@@ -8,6 +8,7 @@ default threshold of 0.1 s (3x margin); a passing run must not report anything.
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
 
 import pytest
@@ -194,7 +195,7 @@ def test_stall_in_a_callback_is_caught_without_a_culprit(pytester: pytest.Pytest
     result.assert_outcomes(failed=1)
     text = failure_of(result, "test_schedules_blocking_callback")
     assert "culprit:  none (no application code on the stack" in text
-    assert "offender: asyncio.events.Handle._run (" in text
+    assert re.search(r"offender: asyncio\.events\.(Handle\.)?_run \(", text)
 
 
 def test_a_failing_test_also_shows_its_stall(pytester: pytest.Pytester) -> None:
@@ -491,15 +492,19 @@ class Cache:
 """
 
 
+# Before Python 3.11 code objects have no qualified name: the culprit is "legacy.warm".
+CACHE_ENTRY = "legacy:Cache" if sys.version_info >= (3, 11) else "legacy:warm"
+
+
 def test_allow_list_in_ini_and_marker(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(legacy=LEGACY)
     suite(
         pytester,
         ALLOW_SUITE,
-        ini="""
+        ini=f"""
         loopwatch_allow =
             legacy:load_all
-            legacy:Cache
+            {CACHE_ENTRY}
         """,
         name="test_allow",
     )
