@@ -10,6 +10,7 @@ through untouched; nothing is added to responses.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import monotonic
@@ -96,7 +97,8 @@ class LoopWatchMiddleware:
             await self.app(scope, receive, send)
 
     async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        starting = asyncio.get_running_loop() not in self._watchers
+        loop = asyncio.get_running_loop()
+        starting = loop not in self._watchers
         watcher = self._watcher()
         if watcher is None:
             await self.app(scope, receive, send)
@@ -106,6 +108,10 @@ class LoopWatchMiddleware:
             # heartbeat's first tick runs; a stall in this very request is then seen.
             await asyncio.sleep(0)
         span = trace.get_current_span()
+        outer = CURRENT_REQUEST.get()
+        if outer is not None and _SERVED_ON.get() is loop:
+            await self._serve_nested(outer, span, scope, receive, send)
+            return
         request = Request(
             method=str(scope.get("method", "")),
             scope=scope,
@@ -114,11 +120,28 @@ class LoopWatchMiddleware:
         )
         watcher.inflight.add(request)
         token = CURRENT_REQUEST.set(request)
+        loop_token = _SERVED_ON.set(loop)
         try:
             await self.app(scope, receive, send)
         finally:
+            _SERVED_ON.reset(loop_token)
             CURRENT_REQUEST.reset(token)
             watcher.inflight.remove(request)
+
+    async def _serve_nested(
+        self, outer: Request, span: trace.Span, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A request an outer LoopWatchMiddleware on this loop already tracks (a mounted
+        sub-app): registering it again would count it as a victim of its own stalls. The
+        outer entry takes this app's scope (for the route) and, if it had none, its span."""
+        saved_scope = outer.scope
+        outer.scope = scope
+        if outer.span is None and span.is_recording():
+            outer.span = span
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            outer.scope = saved_scope
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
@@ -178,6 +201,11 @@ class LoopWatchMiddleware:
 
 
 _OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block"})
+
+_SERVED_ON: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "loopwatch_served_on", default=None
+)
+"""The loop whose watcher tracks the request being served in this context (for nesting)."""
 
 
 _fallback_provider: metrics.MeterProvider | None = None

@@ -250,3 +250,32 @@ def test_victims_that_finish_right_after_the_stall(
     assert len(blocked.links) == VICTIMS
     for victim in otel.server_spans("/sleep"):
         assert "loopwatch.delayed_by" in attrs(victim)
+
+
+def test_mounted_watched_sub_app(
+    loop_name: str, otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """A watched app mounted in a watched app: the culprit request is tracked once, so it is
+    not its own victim; a real victim in flight is still counted."""
+    outer = fastapi_app(instrument="after")
+    inner = fastapi_app()
+    outer.mount("/inner", inner)
+    with serve_in_thread(outer, loop=loop_name) as server, ThreadPoolExecutor(1) as pool:
+        victim = pool.submit(get, f"{server.url}/inner/sleep?seconds={VICTIM_SLEEP_S}")
+        wait_until(lambda: probe.sleepers >= 1, 5.0, "the victim to reach its handler")
+        response = get(f"{server.url}/inner/block-then-wait?seconds={STALL_S}&wait=0.3")
+        assert response.status_code == 200
+        assert victim.result(HTTP_TIMEOUT_S).status_code == 200
+        [blocked] = otel.blocked_spans()
+        wait_until(lambda: len(otel.server_spans("/inner")) == 2, SPAN_WAIT_S, "server spans")
+    assert_names_culprit(blocked, "/block-then-wait")
+    [culprit] = [
+        span for span in otel.server_spans("/inner") if "block" in str(attrs(span)["http.target"])
+    ]
+    [victim_span] = [span for span in otel.server_spans("/inner") if span is not culprit]
+    assert_child_of(blocked, culprit)
+    assert attrs(blocked)["loopwatch.delayed_requests"] == 1
+    assert victim_span.context is not None
+    assert [link.context.span_id for link in blocked.links] == [victim_span.context.span_id]
+    assert "loopwatch.delayed_by" not in attrs(culprit)
+    assert float(attrs(victim_span)["loopwatch.delayed_by"]) > STALL_S - 0.1  # type: ignore[arg-type]

@@ -111,6 +111,12 @@ def build_fastapi(
         blocking_work(seconds)
         return {"item_id": item_id, "blocked": seconds}
 
+    @app.get("/block-then-wait")
+    async def block_then_wait(seconds: float = 0.4, wait: float = 0.3) -> dict[str, float]:
+        blocking_work(seconds)
+        await asyncio.sleep(wait)  # still in flight when the watchdog reports the stall
+        return {"blocked": seconds}
+
     @app.get("/block-in-span")
     async def block_in_span(seconds: float = 0.4) -> dict[str, float]:
         with tracer.start_as_current_span("handler-work"):
