@@ -9,6 +9,7 @@ DURATIONS FP_SECONDS``, JSON on stdout); :func:`run` drives that.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import subprocess
@@ -122,12 +123,18 @@ async def _one_case(
 
     function, go = await asyncio.to_thread(prepare)
     await asyncio.sleep(SETTLE)
-    go()
-    wall = time.time()
-    started = time.perf_counter()
-    function(*box[0])
-    true = time.perf_counter() - started
-    await asyncio.sleep(AFTER)
+    # No automatic collection may lengthen the stall past the measured call (the gc
+    # pattern collects explicitly and re-enables the collector itself).
+    gc.disable()
+    try:
+        go()
+        wall = time.time()
+        started = time.perf_counter()
+        function(*box[0])
+        true = time.perf_counter() - started
+        await asyncio.sleep(AFTER)
+    finally:
+        gc.enable()
     await asyncio.to_thread(_dispose, box)
     return wall, true
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvloop
 
@@ -34,12 +35,15 @@ class Case:
 
     loop: str  # "asyncio" | "uvloop"
     shape: str  # "100 tasks x 4000" | "1 task x 400000"
-    monitor: str  # "none" | "loopwatch" | "asyncio debug" | "aiodebug-style"
+    monitor: str  # "none" | "loopwatch" | LOOPWATCH_NO_CLOCK | "asyncio debug" | "aiodebug-style"
 
     @property
     def key(self) -> str:
         return f"{self.loop} | {self.shape} | {self.monitor}"
 
+
+LOOPWATCH_NO_CLOCK = "loopwatch, measure_utilization=False"
+"""loopwatch without its ``select()`` timing: shows what that part costs."""
 
 SHAPES = {"100 tasks x 4000": (100, 4000), "1 task x 400000": (1, 400_000)}
 
@@ -48,7 +52,8 @@ def cases() -> list[Case]:
     """asyncio with all four monitors; uvloop (no Python Handle, no debug hooks) with two."""
     found = []
     for shape in SHAPES:
-        for monitor in ("none", "loopwatch", "asyncio debug", "aiodebug-style"):
+        for monitor in ("none", "loopwatch", LOOPWATCH_NO_CLOCK, "asyncio debug",
+                        "aiodebug-style"):  # fmt: skip
             found.append(Case("asyncio", shape, monitor))
         for monitor in ("none", "loopwatch"):
             found.append(Case("uvloop", shape, monitor))
@@ -83,7 +88,11 @@ async def _switcher(times: int) -> None:
 
 async def _switch(case: Case) -> tuple[float, float]:
     tasks, times = SHAPES[case.shape]
-    watcher = LoopWatch() if case.monitor == "loopwatch" else None
+    watcher = None
+    if case.monitor == "loopwatch":
+        watcher = LoopWatch()
+    elif case.monitor == LOOPWATCH_NO_CLOCK:
+        watcher = LoopWatch(measure_utilization=False)
     if watcher is not None:
         watcher.start()
     if case.monitor == "asyncio debug":
@@ -176,6 +185,76 @@ DEBUG_ROUNDS = 2
 """asyncio debug mode is ~20x slower (10+ s a run): it only runs this many rounds."""
 
 
+async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+class _PassThrough:
+    """A middleware that does nothing: the cost of one more ASGI layer."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+async def _asgi_receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _asgi_send(message: dict[str, Any]) -> None:
+    return None
+
+
+_SCOPE = {
+    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+    "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+    "headers": [(b"host", b"127.0.0.1")], "server": ("127.0.0.1", 8000),
+    "client": ("127.0.0.1", 50000),
+}  # fmt: skip
+
+
+async def _requests_cpu(app: Any, requests: int) -> float:
+    """Process CPU µs per request for ``app`` called directly (no server, no socket)."""
+    for _ in range(100):
+        await app(dict(_SCOPE), _asgi_receive, _asgi_send)
+    started = time.process_time()
+    for index in range(requests):
+        await app(dict(_SCOPE), _asgi_receive, _asgi_send)
+        if index % 100 == 0:
+            await asyncio.sleep(0)  # let the heartbeat run, as a server would
+    return (time.process_time() - started) / requests * 1e6
+
+
+def middleware_cost(rounds: int, requests: int = 50_000) -> dict[str, dict[str, float]]:
+    """CPU per request of ``LoopWatchMiddleware`` around a trivial ASGI app, in-process."""
+    from loopwatch import LoopWatchMiddleware
+
+    variants: dict[str, Callable[[], Any]] = {
+        "bare app": lambda: _asgi_app,
+        "pass-through middleware": lambda: _PassThrough(_asgi_app),
+        "LoopWatchMiddleware(enabled=False)": lambda: LoopWatchMiddleware(
+            _asgi_app, enabled=False
+        ),
+        "LoopWatchMiddleware (default)": lambda: LoopWatchMiddleware(_asgi_app),
+    }
+    found: dict[str, list[float]] = {name: [] for name in variants}
+    loop = asyncio.new_event_loop()
+    try:
+        apps = {name: make() for name, make in variants.items()}
+        for _ in range(rounds):
+            for name, app in apps.items():
+                found[name].append(loop.run_until_complete(_requests_cpu(app, requests)))
+    finally:
+        loop.close()
+    return {
+        name: {"median_us": statistics.median(v), "min_us": min(v), "max_us": max(v)}
+        for name, v in found.items()
+    }
+
+
 def worker(rounds: int, seed: int = 7) -> dict[str, object]:
     """Every case once per round in a shuffled order, then the sample cost."""
     rng = random.Random(seed)
@@ -200,6 +279,7 @@ def worker(rounds: int, seed: int = 7) -> dict[str, object]:
         "timings": timings,
         "cpu": cpu,
         "sample": sample_cost(),
+        "middleware": middleware_cost(3 if rounds <= 3 else 7),
     }
 
 
@@ -240,7 +320,7 @@ def run(quick: bool) -> dict[str, object]:
 
     from .common import ROOT
 
-    rounds = 3 if quick else 7
+    rounds = 3 if quick else 9
     out = subprocess.run(
         [sys.executable, "-m", "bench.micro", str(rounds)],
         cwd=ROOT, capture_output=True, text=True, check=True, timeout=900,

@@ -48,7 +48,10 @@ class Run:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us_per_request: float
+    """Server CPU (all threads) per request: insensitive to other load on the machine."""
     stalls: int
+    stall_lines: list[str]
     foreign_cpu: float
     """CPU used by other processes during the run, in cores (0 to 2 on two cores)."""
 
@@ -96,6 +99,11 @@ class GroupResult:
             "p99_off_spread": (low, high),
             "p99_on_spread": spread(p99_on),
             "p99_within_noise": low <= median(p99_on) <= high,
+            "cpu_off": median(self.values(False, "cpu_us_per_request")),
+            "cpu_on": median(self.values(True, "cpu_us_per_request")),
+            "cpu_ratio": median(self.values(True, "cpu_us_per_request"))
+            / median(self.values(False, "cpu_us_per_request")),
+            "cpu_paired_ratio_spread": spread(self.paired_ratios("cpu_us_per_request")),
             "stalls_reported": sum(self.values(True, "stalls")),
             "errors": sum(self.values(True, "errors")) + sum(self.values(False, "errors")),
             "foreign_cpu_median": median([run.foreign_cpu for run in self.runs]),
@@ -123,7 +131,7 @@ def measure_once(group: Group, loopwatch: bool, round_index: int, seconds: float
         busy1, server1 = busy_cpu_seconds(), server.cpu_seconds()
         mine1 = sum(me.cpu_times()[:2])
         time.sleep(0.05)  # let a stall still being closed reach the log
-        stalls = len(server.stalls())
+        stall_lines = server.stalls()
     foreign = (busy1 - busy0) - (server1 - server0) - result.wrk_cpu_s - (mine1 - mine0)
     return Run(
         loopwatch=loopwatch,
@@ -132,7 +140,9 @@ def measure_once(group: Group, loopwatch: bool, round_index: int, seconds: float
         p50_ms=result.p50_ms,
         p99_ms=result.p99_ms,
         errors=result.errors + result.non2xx,
-        stalls=stalls,
+        cpu_us_per_request=(server1 - server0) / max(result.requests, 1) * 1e6,
+        stalls=len(stall_lines),
+        stall_lines=stall_lines[:10],
         foreign_cpu=max(0.0, foreign / result.seconds),
     )
 
@@ -149,6 +159,7 @@ def run_group(group: Group, rounds: int, seconds: float, log: bool = True) -> Gr
                 print(
                     f"  {group.label:45s} loopwatch={'on ' if loopwatch else 'off'} "
                     f"{run.rps:8.0f} req/s  p99 {run.p99_ms:7.1f} ms  "
+                    f"CPU {run.cpu_us_per_request:6.1f} us/req  "
                     f"other load {run.foreign_cpu:.2f} cores  stalls {run.stalls}",
                     flush=True,
                 )

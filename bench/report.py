@@ -1,0 +1,676 @@
+"""Render the results as Markdown tables and PNG figures (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from .accuracy import THRESHOLD, CaseResult, case_results, tolerance
+
+Results = dict[str, Any]
+
+THROUGHPUT_GOAL = 0.01
+MICRO_GOAL = 0.02
+SAMPLE_GOAL_US = 50.0
+RSS_FLAT_MIB = 2.0
+
+
+def _pct(value: float, digits: int = 1) -> str:
+    return f"{value * 100:+.{digits}f} %"
+
+
+def _machine_line(results: Results) -> str:
+    m = results["machine"]
+    return f"{m['cpu']}, {m['cores']} cores, {m['python']}"
+
+
+def _footer(fig: plt.Figure, results: Results, config: str) -> None:
+    m = results["machine"]
+    fig.text(
+        0.01, 0.01,
+        f"{m['cpu']} ({m['cores']} cores, {m['memory']}), Linux {m['kernel']}, {m['python']}\n"
+        f"{config}; {results['mode']} run {results['date']}",
+        fontsize=7, color="#444444",
+    )  # fmt: skip
+
+
+# --- verdicts -------------------------------------------------------------------------
+
+
+def overhead_verdicts(groups: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """Throughput and p99 verdicts over all groups.
+
+    On a shared machine the measured throughput moves with other processes' load, so the
+    verdict rests on the server's CPU time per request (what throughput is on a dedicated
+    core); the measured throughput change is given next to it.
+    """
+    summaries = [g["summary"] for g in groups]
+    worst_cpu = max(summaries, key=lambda s: s["cpu_ratio"])
+    worst_rps = min(summaries, key=lambda s: s["rps_ratio"])
+    cpu_change = worst_cpu["cpu_ratio"] - 1
+    low, high = worst_rps["rps_paired_ratio_spread"]
+    verdict = "met" if cpu_change <= THROUGHPUT_GOAL else "MISSED"
+    rps = (
+        f"{verdict} by server CPU per request: worst {_pct(cpu_change)} "
+        f"({worst_cpu['group']}). Measured throughput: worst median change "
+        f"{_pct(worst_rps['rps_ratio'] - 1)} ({worst_rps['group']}; paired runs "
+        f"{_pct(low - 1)} to {_pct(high - 1)}: other load dominates)"
+    )
+    outside = [s["group"] for s in summaries if not s["p99_within_noise"]]
+    p99 = (
+        "met (every median p99 with loopwatch lies within the spread of the runs without)"
+        if not outside
+        else f"outside the no-loopwatch spread in: {', '.join(outside)} (see table)"
+    )
+    return rps, p99
+
+
+def micro_verdict(rows: Sequence[dict[str, Any]]) -> str:
+    """Verdict on process CPU time (wall time is shown too but moves with other load)."""
+    parts = []
+    for row in rows:
+        if row["monitor"] == "loopwatch":
+            ok = row["cpu_overhead"] <= MICRO_GOAL
+            parts.append(
+                f"{row['loop']} {row['shape']}: {_pct(row['cpu_overhead'])} CPU, "
+                f"{_pct(row['overhead'])} wall ({'met' if ok else 'MISSED'})"
+            )
+    return "; ".join(parts)
+
+
+def accuracy_summary(cases: Sequence[CaseResult]) -> dict[str, Any]:
+    must = [c for c in cases if c.must_detect]
+    detected = [c for c in must if c.detected]
+    sampled = [c for c in detected if c.sampled]
+    errors = [c for c in cases if c.detected]
+    return {
+        "must": len(must),
+        "detected": len(detected),
+        "cause_ok": sum(c.cause_ok for c in detected),
+        "culprit_ok": sum(c.culprit_ok for c in sampled),
+        "sampled": len(sampled),
+        "unsampled_culprit_ok": sum(c.culprit_ok for c in detected if not c.sampled),
+        "unsampled": len([c for c in detected if not c.sampled]),
+        "error_ok": sum(c.error_ok for c in errors),
+        "reported": len(errors),
+        "max_error_ms": max((abs(c.error or 0) * 1000 for c in errors), default=0.0),
+        "below_detected": sum(c.detected for c in cases if c.true < THRESHOLD),
+        "below": sum(c.true < THRESHOLD for c in cases),
+    }
+
+
+# --- figures --------------------------------------------------------------------------
+
+
+def plot_overhead(results: Results, path: Path) -> None:
+    groups = results["overhead"]["groups"]
+    labels = [g["summary"]["group"].replace(" / ", "\n") for g in groups]
+    fig, (ax_cpu, ax_rps, ax_p99) = plt.subplots(1, 3, figsize=(17, 5.6))
+    for ax, key, spread_key, title in (
+        (ax_cpu, "cpu_ratio", "cpu_paired_ratio_spread", "Server CPU per request with / without"),
+        (ax_rps, "rps_ratio", "rps_paired_ratio_spread", "Throughput with / without loopwatch"),
+        (ax_p99, "p99_ratio", "p99_paired_ratio_spread", "p99 latency with / without loopwatch"),
+    ):
+        values = [g["summary"][key] for g in groups]
+        lows = [v - g["summary"][spread_key][0] for v, g in zip(values, groups, strict=True)]
+        highs = [g["summary"][spread_key][1] - v for v, g in zip(values, groups, strict=True)]
+        x = range(len(values))
+        colors = ["#4c72b0" if g["summary"]["loop"] == "asyncio" else "#dd8452" for g in groups]
+        ax.bar(x, values, color=colors, yerr=[lows, highs], capsize=4)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        if key in ("rps_ratio", "cpu_ratio"):
+            goal = 1 - THROUGHPUT_GOAL if key == "rps_ratio" else 1 + THROUGHPUT_GOAL
+            ax.axhline(goal, color="red", linestyle="--", linewidth=0.8,
+                       label="goal: at most 1 % throughput loss")  # fmt: skip
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_title(title + "\n(ratio of medians; bars: spread of the paired ratios)",
+                     fontsize=10)  # fmt: skip
+        ax.set_ylabel("ratio")
+        low = min(min(values) - max(lows, default=0), 0.9)
+        high = max(max(values) + max(highs, default=0), 1.1)
+        ax.set_ylim(low, high)
+    o = results["overhead"]
+    fig.suptitle(
+        f"Overhead under load: uvicorn (1 worker) + FastAPI, wrk -t1 (hello: -c32 GET /, "
+        f"example: -c64 GET /items/7), {o['rounds']} ABBA pairs x {o['seconds']:g} s; "
+        "loopwatch default config (threshold 0.1 s)",
+        fontsize=9,
+    )
+    _footer(fig, results, "blue: stdlib asyncio loop, orange: uvloop")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_micro(results: Results, path: Path) -> None:
+    rows = results["micro"]["rows"]
+    sample = results["micro"]["raw"]["sample"]
+    fig, ax = plt.subplots(figsize=(11, 6))
+    shown = [r for r in rows if r["monitor"] != "none"]
+    labels = [f"{r['loop']} | {r['shape']}\n{r['monitor']}" for r in shown]
+    values = [r["cpu_overhead"] * 100 for r in shown]
+    palette = {"loopwatch": "#55a868", "aiodebug-style": "#8172b2", "asyncio debug": "#c44e52"}
+    colors = [palette.get(r["monitor"], "#9ccc9c") for r in shown]
+    ordinary = [v for r, v in zip(shown, values, strict=True) if r["monitor"] != "asyncio debug"]
+    cap = max([*ordinary, 10.0]) * 1.3
+    bars = ax.barh(range(len(shown)), [min(v, cap) for v in values], color=colors)
+    for bar, row in zip(bars, shown, strict=True):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                f" CPU {row['cpu_overhead'] * 100:+.1f} % (wall {row['overhead'] * 100:+.1f} %)",
+                va="center", fontsize=7)  # fmt: skip
+    ax.axvline(MICRO_GOAL * 100, color="red", linestyle="--", linewidth=0.8,
+               label="goal for loopwatch: at most 2 %")  # fmt: skip
+    ax.set_yticks(range(len(shown)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("process CPU time vs. no monitor, % (median of runs; bars clipped at the axis)")
+    ax.set_xlim(min(0, *values) - 2, cap * 1.45)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(
+        f"400,000 task switches (await asyncio.sleep(0)), {results['micro']['raw']['rounds']} "
+        f"rounds; loopwatch default config unless labelled;\n"
+        f"take_sample() of a {sample['stack_depth']}-frame stack: {sample['median_us']:.1f} µs",
+        fontsize=9,
+    )
+    _footer(fig, results, "slow-callback threshold 0.1 s for every monitor")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy(results: Results, path: Path) -> None:
+    cases = case_results(results["accuracy"])
+    loops = sorted({c.loop for c in cases})
+    fig, axes = plt.subplots(1, len(loops), figsize=(7.5 * len(loops), 5.5), squeeze=False)
+    patterns = sorted({c.pattern for c in cases})
+    cmap = plt.get_cmap("tab20")
+    for ax, loop in zip(axes[0], loops, strict=True):
+        mine = [c for c in cases if c.loop == loop]
+        top = max(c.true for c in mine) * 1.05
+        xs = [top * i / 50 for i in range(51)]
+        ax.fill_between(xs, [-tolerance(x) * 1000 for x in xs], [tolerance(x) * 1000 for x in xs],
+                        color="#e4e4e4", label="goal: max(5 ms, 5 %)")  # fmt: skip
+        for index, pattern in enumerate(patterns):
+            hit = [c for c in mine if c.pattern == pattern and c.detected]
+            ax.scatter([c.true for c in hit], [(c.error or 0) * 1000 for c in hit], s=20,
+                       color=cmap(index), label=pattern)  # fmt: skip
+        missed = [c for c in mine if not c.detected]
+        ax.scatter([c.true for c in missed], [0] * len(missed), marker="x", color="black",
+                   label="not reported")  # fmt: skip
+        ax.axvline(THRESHOLD, color="grey", linestyle=":", linewidth=0.8)
+        ax.axvline(1.5 * THRESHOLD, color="red", linestyle="--", linewidth=0.8)
+        errors = [abs(c.error or 0) * 1000 for c in mine if c.detected]
+        limit = max([*errors, tolerance(top) * 1000, 8.0]) * 1.2
+        ax.set_ylim(-limit, limit)
+        ax.set_xlim(0, top)
+        ax.set_xlabel("true stall duration, s (dotted: threshold; dashed: 1.5 x threshold)")
+        ax.set_ylabel("reported - true duration, ms")
+        ax.set_title(f"{loop} loop, LoopWatch(threshold=0.1), other options default",
+                     fontsize=9)  # fmt: skip
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Accuracy: duration error of each reported stall (x: stall not reported)",
+                 fontsize=10)  # fmt: skip
+    _footer(fig, results, "stall corpus of bench/stalls.py")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_memory(results: Results, path: Path) -> None:
+    mem = results["memory"]
+    points = mem["points"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot([p[0] for p in points], [p[1] for p in points], color="#4c72b0", label="RSS")
+    ax.set_xlabel("requests served")
+    ax.set_ylabel("RSS, MiB", color="#4c72b0")
+    ax.set_ylim(0, max(p[1] for p in points) * 1.3)
+    twin = ax.twinx()
+    twin.step([p[0] for p in points], [p[2] for p in points], color="#c44e52", where="post")
+    twin.set_ylabel("threads", color="#c44e52")
+    twin.set_ylim(0, max(p[2] for p in points) + 2)
+    ax.set_title(
+        f"Server memory and threads over {mem['requests']:,} requests "
+        f"(hello-world FastAPI, uvicorn, {mem['loop']} loop, LoopWatchMiddleware default)",
+        fontsize=9,
+    )
+    _footer(fig, results, f"wrk -t1 -c32, {mem['seconds']:.0f} s")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- markdown -------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def overhead_table(groups: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| app | loop | FastAPIInstrumentor | req/s without (min-max) | req/s with (min-max) "
+        "| throughput change (paired min-max) | p99 ms without (min-max) | p99 ms with "
+        "| p99 within noise | server CPU µs/request without → with (change) "
+        "| stalls reported | other load (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        s = g["summary"]
+        lo, hi = s["rps_paired_ratio_spread"]
+        lines.append(
+            f"| {s['app']} | {s['loop']} | {'yes' if s['otel'] else 'no'} "
+            f"| {s['rps_off']:.0f} ({s['rps_off_spread'][0]:.0f}-{s['rps_off_spread'][1]:.0f}) "
+            f"| {s['rps_on']:.0f} ({s['rps_on_spread'][0]:.0f}-{s['rps_on_spread'][1]:.0f}) "
+            f"| {_pct(s['rps_ratio'] - 1)} ({_pct(lo - 1)} to {_pct(hi - 1)}) "
+            f"| {_ms(s['p99_off'])} ({_ms(s['p99_off_spread'][0])}-{_ms(s['p99_off_spread'][1])}) "
+            f"| {_ms(s['p99_on'])} | {'yes' if s['p99_within_noise'] else 'no'} "
+            f"| {s['cpu_off']:.0f} → {s['cpu_on']:.0f} ({_pct(s['cpu_ratio'] - 1)}) "
+            f"| {s['stalls_reported']} | {s['foreign_cpu_median']:.2f} |"
+        )
+    return lines
+
+
+def micro_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| loop | shape | monitor | runs | wall median s (min-max) | µs / switch "
+        "| vs. no monitor (wall) | vs. no monitor (process CPU) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        overhead = "—" if r["monitor"] == "none" else _pct(r["overhead"])
+        cpu = "—" if r["monitor"] == "none" else _pct(r["cpu_overhead"])
+        lines.append(
+            f"| {r['loop']} | {r['shape']} | {r['monitor']} | {r['runs']} "
+            f"| {r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f}) "
+            f"| {r['per_switch_us']:.2f} | {overhead} | {cpu} |"
+        )
+    return lines
+
+
+def accuracy_table(cases: Sequence[CaseResult]) -> list[str]:
+    lines = [
+        "| loop | pattern | expected cause | reported ≥ 1.5 x threshold | cause right "
+        "| culprit right | duration error ≤ max(5 ms, 5 %) | max abs. error ms "
+        "| reported below threshold |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_key: dict[tuple[str, str], list[CaseResult]] = defaultdict(list)
+    for case in cases:
+        by_key[(case.loop, case.pattern)].append(case)
+    for (loop, pattern), mine in sorted(by_key.items()):
+        must = [c for c in mine if c.must_detect]
+        hit = [c for c in mine if c.detected]
+        below = [c for c in mine if c.true < THRESHOLD]
+        culprit_cases = hit
+        errs = [abs(c.error or 0) * 1000 for c in hit]
+        sampled = mine[0].sampled
+        lines.append(
+            f"| {loop} | {pattern} | {mine[0].expected_cause} "
+            f"| {sum(c.detected for c in must)}/{len(must)} "
+            f"| {sum(c.cause_ok for c in hit)}/{len(hit)} "
+            f"| {sum(c.culprit_ok for c in culprit_cases)}/{len(culprit_cases)}"
+            f"{'' if sampled else ' (none expected)'} "
+            f"| {sum(c.error_ok for c in hit)}/{len(hit)} "
+            f"| {max(errs, default=0):.1f} | {sum(c.detected for c in below)}/{len(below)} |"
+        )
+    return lines
+
+
+def failures(cases: Sequence[CaseResult]) -> list[str]:
+    """One line per case that misses a goal."""
+    lines = []
+    for c in sorted(cases, key=lambda c: (c.loop, c.pattern, c.true)):
+        problems = []
+        if c.must_detect and not c.detected:
+            problems.append("not reported")
+        if c.detected and not c.cause_ok:
+            problems.append(f"cause {c.cause} (expected {c.expected_cause})")
+        if c.detected and not c.culprit_ok:
+            problems.append(f"culprit {c.culprit} (expected {c.expected_culprit})")
+        if c.detected and not c.error_ok:
+            problems.append(f"duration error {(c.error or 0) * 1000:+.1f} ms")
+        if problems:
+            lines.append(
+                f"| {c.loop} | {c.pattern} | {c.true * 1000:.0f} | {'; '.join(problems)} "
+                f"| {c.offender or '—'} | {c.samples} |"
+            )
+    return lines
+
+
+def case_details(cases: Sequence[CaseResult]) -> list[str]:
+    lines = [
+        "| loop | pattern | nominal ms | true ms | reported ms | error ms | cause | culprit "
+        "| offender | samples |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in sorted(cases, key=lambda c: (c.loop, c.pattern, c.true)):
+        reported = f"{c.duration * 1000:.1f}" if c.duration is not None else "—"
+        error = f"{(c.error or 0) * 1000:+.1f}" if c.detected else "—"
+        lines.append(
+            f"| {c.loop} | {c.pattern} | {c.nominal * 1000:.0f} | {c.true * 1000:.1f} "
+            f"| {reported} | {error} | {c.cause or '—'} | {c.culprit or '—'} "
+            f"| {c.offender or '—'} | {c.samples} |"
+        )
+    return lines
+
+
+def render(results: Results, out_dir: Path, md_path: Path) -> None:
+    """Write the Markdown report and its figures."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str] = {}
+    sections = results.get("sections", [])
+    plotters = {
+        "overhead": plot_overhead, "micro": plot_micro,
+        "accuracy": plot_accuracy, "memory": plot_memory,
+    }  # fmt: skip
+    for name, plotter in plotters.items():
+        if name in sections:
+            file = out_dir / f"benchmarks-{name}.png"
+            plotter(results, file)
+            figures[name] = file.name
+    md_path.write_text("\n".join(markdown(results, figures)) + "\n")
+
+
+def markdown(results: Results, figures: dict[str, str]) -> list[str]:
+    m = results["machine"]
+    sections = results.get("sections", [])
+    out = [
+        "# loopwatch benchmarks",
+        "",
+        f"Generated by `{results['command']}` on {results['date']} "
+        f"({results['mode']} run, {results['runtime_s'] / 60:.1f} min). "
+        "Raw per-run numbers: `bench/results/raw/` (not committed); the summary this page "
+        "is rendered from: "
+        f"`{results.get('summary_path', 'bench/results/')}`.",
+        "",
+        "**Machine.** " + "; ".join(_machine_facts(m)),
+        "",
+        "**loopwatch configuration.** Default everywhere (`threshold=0.1` s, "
+        "`interval=threshold/10`, `measure_utilization=True`, `max_frames=64`), except where "
+        "a table says otherwise. The `on_block` hook only counts stalls.",
+        "",
+        "**Noise.** This machine is shared: other processes used a median of "
+        f"{results.get('foreign_cpu', float('nan')):.2f} of its {m['cores']} cores during the "
+        "load tests (column *other load*; measured per run as system-wide busy CPU minus "
+        "the server, wrk and the harness). Every comparison is interleaved (A B B A …) and "
+        "reported as medians with their spread; a difference inside the spread is noise.",
+        "",
+        "## Goals",
+        "",
+        "| goal | result |",
+        "|---|---|",
+    ]
+    out += goals(results)
+    if "overhead" in sections:
+        out += overhead_section(results, figures)
+    if "micro" in sections:
+        out += micro_section(results, figures)
+    if "accuracy" in sections:
+        out += accuracy_section(results, figures)
+    if "memory" in sections:
+        out += memory_section(results, figures)
+    return out
+
+
+def _machine_facts(m: dict[str, str]) -> list[str]:
+    return [
+        f"CPU: {m['cpu']}", f"{m['cores']} cores", f"RAM: {m['memory']}",
+        f"Linux {m['kernel']}", f"Python: {m['python']}", m["packages"],
+        f"load generator: {m['wrk']}", m["pinning"],
+    ]  # fmt: skip
+
+
+def goals(results: Results) -> list[str]:
+    sections = results.get("sections", [])
+    rows = []
+    if "overhead" in sections:
+        rps, p99 = overhead_verdicts(results["overhead"]["groups"])
+        rows.append(f"| Overhead under load: at most 1 % throughput loss | {rps} |")
+        rows.append(f"| Overhead under load: no p99 change beyond noise | {p99} |")
+    if "micro" in sections:
+        verdict = micro_verdict(results["micro"]["rows"])
+        rows.append(f"| 400k task switches: loopwatch at most 2 % (process CPU) | {verdict} |")
+        sample = results["micro"]["raw"]["sample"]
+        ok = sample["median_us"] < SAMPLE_GOAL_US
+        rows.append(
+            f"| One stack sample of a 50-frame stack under 50 µs | {sample['median_us']:.1f} µs "
+            f"({'met' if ok else 'MISSED'}) |"
+        )
+    if "accuracy" in sections:
+        cases = case_results(results["accuracy"])
+        s = accuracy_summary(cases)
+        fp = sum(len(loop["false_positives"]) for loop in results["accuracy"]["loops"])
+        rows += [
+            f"| Every stall ≥ 1.5 x threshold reported | {s['detected']}/{s['must']} "
+            f"({'met' if s['detected'] == s['must'] else 'MISSED'}) |",
+            f"| Cause right (reported stalls) | {s['cause_ok']}/{s['detected']} "
+            f"({'met' if s['cause_ok'] == s['detected'] else 'MISSED'}) |",
+            f"| Culprit right where a sample was possible | {s['culprit_ok']}/{s['sampled']} "
+            f"({'met' if s['culprit_ok'] == s['sampled'] else 'MISSED'}); stalls no sample can "
+            f"see (GIL held throughout) named no wrong culprit in "
+            f"{s['unsampled_culprit_ok']}/{s['unsampled']} |",
+            f"| Duration error within max(5 ms, 5 %) | {s['error_ok']}/{s['reported']} "
+            f"(max {s['max_error_ms']:.1f} ms; "
+            f"{'met' if s['error_ok'] == s['reported'] else 'MISSED'}) |",
+            f"| No false positive under heavy async load | {fp} reported "
+            f"({'met' if fp == 0 else 'MISSED'}) |",
+        ]
+    if "memory" in sections:
+        mem = results["memory"]
+        growth = mem["rss_end_mib"] - mem["rss_warm_mib"]
+        flat = growth <= RSS_FLAT_MIB and mem["threads_min"] == mem["threads_max"]
+        rows.append(
+            f"| Memory flat over {mem['requests']:,} requests | RSS {mem['rss_warm_mib']:.1f} → "
+            f"{mem['rss_end_mib']:.1f} MiB after warm-up (max {mem['rss_max_mib']:.1f}), "
+            f"threads {mem['threads_min']}-{mem['threads_max']} "
+            f"({'met' if flat else 'MISSED'}) |"
+        )
+    return rows
+
+
+def overhead_section(results: Results, figures: dict[str, str]) -> list[str]:
+    o = results["overhead"]
+    out = [
+        "",
+        "## Overhead under load",
+        "",
+        "uvicorn (one worker, `--no-access-log`, h11) serving FastAPI on 127.0.0.1, loaded by "
+        f"`wrk -t1` for {o['seconds']:g} s per run after a 1 s warm-up that is not measured; "
+        "each run in a fresh server process. *hello*: `GET /` returning a constant JSON "
+        "body, 32 connections. *example*: the example app (`example.factory.create_app`, "
+        "`DEMO_MODE=optimized`: 80 ms + 20 ms of `asyncio.sleep`, five spans, CPU work in a "
+        "thread scaled down from 7,000,000 to 20,000 iterations, since the shipped 0.17 s "
+        "per request caps it at a few requests per second), `GET /items/7`, 64 connections. "
+        "*With loopwatch*: `LoopWatchMiddleware` with the default configuration (as the "
+        "example app ships it); *without*: no middleware at all. *FastAPIInstrumentor*: "
+        "spans through a `BatchSpanProcessor` to an exporter that drops them. "
+        f"{o['rounds']} pairs per row, alternating which configuration runs first.",
+        "",
+        "*Server CPU per request* is the server process's CPU time (every thread, so "
+        "loopwatch's watchdog included) divided by the requests served. Unlike throughput "
+        "and latency it does not move when other processes take CPU away from the server, "
+        "and on a dedicated core throughput is its inverse: it is the estimate the "
+        "throughput verdict rests on. Throughput and p99 are reported as measured.",
+        "",
+    ]
+    if "overhead" in figures:
+        out += [f"![overhead]({figures['overhead']})", ""]
+    out += overhead_table(o["groups"])
+    stalls = [line for g in o["groups"] for run in g["runs"] for line in run["stall_lines"]]
+    out += [
+        "",
+        "*stalls reported*: stalls loopwatch reported during the measured runs with it "
+        "(none of these apps blocks its loop on purpose).",
+    ]
+    if stalls:
+        out += ["", "Stalls reported under load:", "", "```", *stalls[:20], "```"]
+    return out
+
+
+def micro_section(results: Results, figures: dict[str, str]) -> list[str]:
+    micro = results["micro"]
+    raw = micro["raw"]
+    sample = raw["sample"]
+    out = [
+        "",
+        "## Microbenchmark: 400,000 task switches",
+        "",
+        "A loop doing nothing but `await asyncio.sleep(0)`: *100 tasks x 4000* (many ready "
+        "callbacks per loop iteration) and *1 task x 400000* (one callback per iteration: "
+        "the worst case for anything that costs per iteration, like loopwatch's "
+        "`select()` timing on the stdlib loop). Monitors: none; loopwatch (`LoopWatch()`, "
+        "default configuration); asyncio debug mode (`loop.set_debug(True)`); an "
+        "aiodebug-style slow-callback logger that patches `asyncio.events.Handle._run` "
+        "(stdlib loop only: uvloop's handles are not Python objects). All in one fresh "
+        f"interpreter, a new loop per run, {raw['rounds']} rounds in shuffled order after a "
+        "warm-up round (asyncio debug mode, ~20x slower, runs fewer rounds). "
+        "*process CPU* (`time.process_time()`) counts every thread, loopwatch's watchdog "
+        "included. On this shared machine wall time was up to twice the CPU time (other "
+        "processes held the cores), so the verdict uses process CPU time; wall time is "
+        "shown too. The *measure_utilization=False* row switches off loopwatch's "
+        "`select()` timing (stdlib loop only), to show what that part costs.",
+        "",
+    ]
+    if "micro" in figures:
+        out += [f"![micro]({figures['micro']})", ""]
+    out += micro_table(micro["rows"])
+    out += [
+        "",
+        "### Cost of one stack sample",
+        "",
+        f"`loopwatch.sampler.take_sample(thread_id, 64)` on a thread parked "
+        f"{sample['stack_depth']} frames deep ({sample['threads']} threads in the process), "
+        f"{sample['calls']:,} calls in batches: median {sample['median_us']:.1f} µs per "
+        f"sample (batch means {sample['min_us']:.1f}-{sample['max_us']:.1f} µs).",
+    ]
+    middleware = raw.get("middleware")
+    if middleware:
+        bare = middleware["bare app"]["median_us"]
+        out += [
+            "",
+            "### Per-request cost of the middleware",
+            "",
+            "A trivial ASGI app called directly in a loop (no server, no socket), with and "
+            "without `LoopWatchMiddleware`; process CPU per request, median of rounds of "
+            "50,000 requests. This is the part of the overhead under load that grows with "
+            "the request rate.",
+            "",
+            "| app | CPU µs / request (min-max) | added to the bare app |",
+            "|---|---|---|",
+        ]
+        for name, value in middleware.items():
+            added = "—" if name == "bare app" else f"{value['median_us'] - bare:+.2f} µs"
+            out.append(
+                f"| {name} | {value['median_us']:.2f} ({value['min_us']:.2f}-"
+                f"{value['max_us']:.2f}) | {added} |"
+            )
+    return out
+
+
+def accuracy_section(results: Results, figures: dict[str, str]) -> list[str]:
+    acc = results["accuracy"]
+    cases = case_results(acc)
+    durations = ", ".join(f"{d * 1000:g}" for d in acc["durations"])
+    out = [
+        "",
+        "## Accuracy",
+        "",
+        f"`LoopWatch(threshold=0.1)` (other options default) watches a loop that runs each "
+        f"pattern of `bench/stalls.py` at nominal durations of {durations} ms, "
+        f"{acc['reps']} time(s) each, in shuffled order, with 0.1 s of idle loop before and "
+        "0.3 s after each stall. The true duration is `time.perf_counter()` around the "
+        "blocking call; inputs are built and freed in a worker thread, so only the stall "
+        "runs on the loop. Work-sized patterns (JSON, sort, regex, gc, SQLite CPU) are "
+        "calibrated on this machine, so their true durations scatter around the nominal "
+        "ones; every verdict uses the true duration. A stall counts as *reported* when a "
+        "finished `BlockEvent` overlaps it. *Culprit right*: `BlockEvent.culprit.function` "
+        "is the pattern's `stall_*` function (the innermost application frame).",
+        "",
+        "Expected causes, and why:",
+        "",
+        "- `cpu`: Python code running — the CPU loop, `json.dumps(indent=1)` (the pure-Python "
+        "encoder), the library call; and the CPU-bound SQLite query: `sqlite3` releases "
+        "the GIL while SQLite computes, so samples are possible and the loop thread is on "
+        "CPU.",
+        "- `blocking`: the loop thread waits — `time.sleep`, a socket `recv`, a synchronous "
+        "HTTP call, an SQLite query waiting for another connection's lock.",
+        "- `gil`: a single C call holds the GIL for the whole stall, so the watchdog cannot "
+        "run, let alone sample: `json.dumps` with the C encoder, `re.match` with "
+        "catastrophic backtracking, `list.sort()` of floats (measured on this machine: a "
+        "1 ms ticker thread is starved for the whole call, unlike during the SQLite "
+        "query). The right culprit there is none (`culprit=None`); naming a frame taken "
+        "after the stall would be wrong.",
+        "- `gc`: `gc.collect()` with hundreds of thousands of garbage cycles.",
+        "- The *library* pattern calls `slowlib.crunch` from a directory named "
+        "`site-packages`: the culprit must be the application frame that called it "
+        "(`stall_in_library`), the offender `slowlib.crunch`.",
+        "",
+    ]
+    if "accuracy" in figures:
+        out += [f"![accuracy]({figures['accuracy']})", ""]
+    out += accuracy_table(cases)
+    fails = failures(cases)
+    out += ["", "### Cases that miss a goal", ""]
+    if fails:
+        out += ["| loop | pattern | true ms | problem | offender | on-time samples |",
+                "|---|---|---|---|---|---|", *fails]  # fmt: skip
+    else:
+        out += ["None."]
+    out += ["", "### False positives under heavy async load", ""]
+    for loop in acc["loops"]:
+        load = loop["false_positive_load"]
+        out.append(
+            f"- {loop['loop']}: {load['seconds']:.1f} s of 300 tasks yielding in bursts, "
+            f"200 self-rescheduling timers and 30 TCP echo clients on 127.0.0.1 "
+            f"({load['yields']:,} yields, {load['timers']:,} timer callbacks, "
+            f"{load['messages']:,} echo round trips): "
+            f"**{len(loop['false_positives'])} stalls reported** "
+            f"{loop['false_positives'] if loop['false_positives'] else ''}; stalls reported "
+            f"during the corpus that matched no pattern: {loop['unmatched_during_corpus']}."
+        )
+    out += ["", "<details><summary>Every case</summary>", "", *case_details(cases), "",
+            "</details>"]  # fmt: skip
+    return out
+
+
+def memory_section(results: Results, figures: dict[str, str]) -> list[str]:
+    mem = results["memory"]
+    out = [
+        "",
+        "## Memory",
+        "",
+        f"The hello-world app with `LoopWatchMiddleware` (default configuration) under uvicorn "
+        f"on the {mem['loop']} loop, loaded by `wrk -t1 -c32` in 10 s chunks until "
+        f"{mem['target']:,} requests ({mem['requests']:,} served in {mem['seconds']:.0f} s, "
+        f"median {mem['rps_median']:.0f} req/s, {mem['errors']} errors). psutil reads the "
+        "server's RSS and thread count every 0.5 s.",
+        "",
+    ]
+    if "memory" in figures:
+        out += [f"![memory]({figures['memory']})", ""]
+    out += [
+        "| RSS at start | RSS after 50,000 requests | RSS at end | RSS max | threads "
+        "| stalls reported |",
+        "|---|---|---|---|---|---|",
+        f"| {mem['rss_start_mib']:.1f} MiB | {mem['rss_warm_mib']:.1f} MiB "
+        f"| {mem['rss_end_mib']:.1f} MiB | {mem['rss_max_mib']:.1f} MiB "
+        f"| {mem['threads_min']}-{mem['threads_max']} | {mem['stalls_reported']} |",
+    ]
+    if mem.get("stall_lines"):
+        out += ["", "```", *mem["stall_lines"], "```"]
+    return out
+
+
+def foreign_cpu(results: Results) -> float:
+    """Median CPU (in cores) other processes used during the load tests."""
+    values = [run["foreign_cpu"] for g in results.get("overhead", {}).get("groups", [])
+              for run in g["runs"]]  # fmt: skip
+    return statistics.median(values) if values else float("nan")
