@@ -8,8 +8,10 @@ stall: the culprit from the stalled task's context, the victims by time overlap.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import MutableMapping
+from collections import deque
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 from opentelemetry import trace
@@ -28,6 +30,7 @@ class Request:
     started: float
     span: trace.Span | None
     delayed_by: float = 0.0
+    ended: float | None = None
 
     @property
     def route(self) -> str | None:
@@ -37,25 +40,46 @@ class Request:
         return path if isinstance(path, str) else None
 
 
-class InflightRequests:
-    """The requests currently served on one loop."""
+OpenStall = Callable[[], "tuple[float, Request | None] | None"]
+"""Start and culprit request of a stall the watchdog has seen but not closed yet."""
 
-    def __init__(self) -> None:
+
+class InflightRequests:
+    """The requests served on one loop, and those that finished a moment ago.
+
+    A request held up by a stall often finishes right after it, before the watchdog has
+    closed the stall: it is kept among the recent ones so the stall still links it, and
+    :meth:`remove` counts the stall into its ``delayed_by`` while its span is still open.
+    """
+
+    def __init__(self, open_stall: OpenStall = lambda: None) -> None:
         self._requests: dict[int, Request] = {}
+        self._recent: deque[Request] = deque(maxlen=256)
+        self._open_stall = open_stall
 
     def add(self, request: Request) -> None:
         self._requests[id(request)] = request
 
     def remove(self, request: Request) -> None:
+        """The request is done (on the loop thread): settle what stalls cost it."""
         self._requests.pop(id(request), None)
+        request.ended = now = monotonic()
+        self._recent.append(request)
+        stall = self._open_stall()
+        if stall is not None and stall[1] is not request:
+            request.delayed_by += max(0.0, now - max(stall[0], request.started))
+        if request.delayed_by and request.span is not None and request.span.is_recording():
+            request.span.set_attribute("loopwatch.delayed_by", request.delayed_by)
 
     def delayed_by(self, start: float, end: float, culprit: Request | None) -> list[Request]:
         """Requests other than ``culprit`` that were in flight during ``[start, end]``."""
-        current = tuple(self._requests.values())
+        candidates = (*self._requests.values(), *self._recent)
         return [
             request
-            for request in current
-            if request is not culprit and request.started < end
+            for request in candidates
+            if request is not culprit
+            and request.started < end
+            and (request.ended is None or request.ended > start)
         ]
 
 

@@ -18,7 +18,7 @@ from time import monotonic
 
 from .config import Config
 from .heartbeat import Heartbeat, Tick
-from .inflight import culprit_request
+from .inflight import Request, culprit_request
 from .sampler import take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
@@ -90,6 +90,11 @@ class Watchdog:
         """How long the loop has been stalled right now (0 while it runs)."""
         stall = self._stall
         return max(0.0, monotonic() - stall.start) if stall is not None else 0.0
+
+    def open_stall(self) -> tuple[float, Request | None] | None:
+        """Start and culprit request of the stall seen live but not closed yet."""
+        stall = self._stall
+        return (stall.start, stall.request) if stall is not None else None
 
     def start(self) -> None:
         self._thread.start()

@@ -14,7 +14,7 @@ from . import selector_clock
 from .config import Config, resolve_config
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat
-from .inflight import InflightRequests
+from .inflight import InflightRequests, Request
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
 from .watchdog import Watchdog, log_crash_once
@@ -64,7 +64,7 @@ class LoopWatch:
         )
         if on_block is not None and not callable(on_block):
             raise TypeError(f"on_block={on_block!r} must be a callable taking a BlockEvent")
-        self.inflight = InflightRequests()
+        self.inflight = InflightRequests(self._open_stall)
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._on_block = on_block
@@ -110,6 +110,10 @@ class LoopWatch:
             parts, self._parts = self._parts, None
         if parts is not None:
             parts.stop()
+
+    def _open_stall(self) -> tuple[float, Request | None] | None:
+        parts = self._parts
+        return parts.watchdog.open_stall() if parts is not None else None
 
     def _abandon(self) -> None:
         """Forget the watchdog after ``fork()``: its thread does not exist in the child."""
