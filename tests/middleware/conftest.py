@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from .apps.inprocess import Instrument, Probe, Providers, build_fastapi
+from .apps.inprocess import Instrument, Probe, Providers, build_fastapi, culprit_name
 from .server import wait_until
 
 try:
@@ -50,13 +50,17 @@ class Otel:
         return list(self.exporter.get_finished_spans())
 
     def blocked_spans(self, count: int = 1) -> list[ReadableSpan]:
-        """The ``loop.blocked`` spans, once at least ``count`` have been emitted."""
+        """The ``loop.blocked`` spans naming :func:`blocking_work`, once ``count`` exist.
+
+        Other stalls (a slow machine importing or compiling modules on the loop at
+        start-up) are left out: the tests assert on the stalls they cause.
+        """
         wait_until(
-            lambda: len(self._named("loop.blocked")) >= count,
+            lambda: len(self._ours()) >= count,
             SPAN_WAIT_S,
-            f"{count} loop.blocked span(s)",
+            f"{count} loop.blocked span(s) naming {culprit_name()}",
         )
-        return self._named("loop.blocked")
+        return self._ours()
 
     def server_spans(self, route: str) -> list[ReadableSpan]:
         """The finished SERVER spans of ``route``."""
@@ -68,8 +72,8 @@ class Otel:
             and span.attributes.get("http.route") == route
         ]
 
-    def metric_points(self, name: str) -> list[Any]:
-        """The data points of metric ``name`` from one collection."""
+    def metric_points(self, name: str, **attributes: str) -> list[Any]:
+        """The data points of metric ``name`` whose attributes include ``attributes``."""
         data = self.reader.get_metrics_data()
         if data is None:
             return []
@@ -80,6 +84,14 @@ class Otel:
             for metric in scope.metrics
             if metric.name == name
             for point in metric.data.data_points
+            if all(point.attributes.get(key) == value for key, value in attributes.items())
+        ]
+
+    def _ours(self) -> list[ReadableSpan]:
+        return [
+            span
+            for span in self._named("loop.blocked")
+            if (span.attributes or {}).get("code.function.name") == culprit_name()
         ]
 
     def _named(self, name: str) -> list[ReadableSpan]:

@@ -26,7 +26,7 @@ from .server import (
     wait_http_ok,
     wait_until,
 )
-from .test_spans import STALL_S, assert_child_of, assert_names_culprit, server_span
+from .test_spans import BLOCK_DURATION, STALL_S, assert_child_of, assert_names_culprit, server_span
 
 BLOCK_COUNT = "asyncio_eventloop_block_duration_seconds_count"
 
@@ -63,7 +63,7 @@ def test_instrumentor_inside_fastapi_instrumentation(
     assert_child_of(blocked, parent)
     # Two middlewares would register the request twice: it would count as its own victim.
     assert dict(blocked.attributes or {})["loopwatch.delayed_requests"] == 0
-    [point] = otel.metric_points("asyncio.eventloop.block.duration")
+    [point] = otel.metric_points(BLOCK_DURATION, **{"http.route": "/block/{item_id}"})
     assert point.count == 1
 
 
