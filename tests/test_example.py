@@ -160,11 +160,28 @@ def test_slow_mode_reports_the_cpu_stall_inside_the_request_trace() -> None:
 
 
 @pytest.mark.parametrize("mode", ["optimized", "process"])
-def test_fixed_modes_report_no_stall(mode: str) -> None:
+def test_fixed_modes_keep_the_cpu_work_off_the_loop(mode: str) -> None:
+    """No stall runs Python code on the loop (on a quiet machine: no stall at all).
+
+    On a starved machine the loop can still wait, e.g. for the thread that the first
+    ``asyncio.to_thread`` starts; such a stall has cause ``blocking``, ``gil`` or
+    ``unscheduled``, never ``cpu``, and never names the CPU work.
+    """
     with serve(mode) as served:
         article_requests(served.client)
-    assert served.spans("loop.blocked") == []
-    assert served.stalls() == []
+    on_the_loop = [
+        event
+        for event in served.stalls()
+        if event.cause == "cpu"
+        or (event.culprit and event.culprit.function.endswith("cpu_heavy_blocking_work"))
+    ]
+    assert on_the_loop == []
+    blocked = [
+        span
+        for span in served.spans("loop.blocked")
+        if span.attributes and span.attributes.get("loopwatch.cause") == "cpu"
+    ]
+    assert blocked == []
 
 
 def test_debug_route_blocks_the_loop() -> None:
