@@ -341,6 +341,29 @@ class Plugin:
         for entry in entries:
             self.allow_used.setdefault((entry.origin, entry.entry), entry)
 
+    def export(self) -> dict[str, Any]:
+        """The counts and allow entries of an xdist worker, for the controller."""
+        return {
+            "counts": [self.active, self.watched, self.failed, self.allowed],
+            "allow": [
+                [origin, entry, allow.file if allow else "", allow.line if allow else 0, not allow]
+                for (origin, entry), allow in self.allow_used.items()
+            ],
+        }
+
+    def merge(self, data: dict[str, Any]) -> None:
+        """Add a worker's :meth:`export`: an entry is unused if no worker matched it."""
+        active, watched, failed, allowed = data["counts"]
+        self.active += active
+        self.watched += watched
+        self.failed += failed
+        self.allowed += allowed
+        for origin, entry, file, line, used in data["allow"]:
+            if used:
+                self.allow_used[(origin, entry)] = None
+            else:
+                self.allow_used.setdefault((origin, entry), Allow.parse(entry, origin, file, line))
+
     def split(self, run: Run, stalls: list[Stall]) -> list[Stall]:
         """The stalls not covered by the allow-list; marks the entries that matched."""
         blocking = []
@@ -510,7 +533,13 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     plugin = session.config.stash.get(PLUGIN_KEY, None)
-    if plugin is None or not plugin.active:
+    if plugin is None:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller sums up the run
+        workeroutput["loopwatch"] = plugin.export()
+        return
+    if not plugin.active:
         return
     for allow in plugin.allow_used.values():
         if allow is None:
@@ -527,6 +556,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             plugin.errors.append(message)
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist, on the controller: a worker finished."""
+    plugin = node.config.stash.get(PLUGIN_KEY, None)
+    data = getattr(node, "workeroutput", {}).get("loopwatch")
+    if plugin is not None and data:
+        plugin.merge(data)
 
 
 def pytest_terminal_summary(

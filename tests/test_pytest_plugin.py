@@ -719,3 +719,39 @@ def test_trim_stack_keeps_frames_below_the_wrapper() -> None:
     ]
     unrelated = 'Traceback (most recent call last):\n  File "/a.py", line 1, in f'
     assert trim_stack(unrelated) == unrelated
+
+
+def test_xdist_workers_report_to_the_controller(pytester: pytest.Pytester) -> None:
+    """Allow entries used on one worker are not unused on another; counts add up."""
+    pytest.importorskip("xdist")
+    suite(
+        pytester,
+        """
+        @pytest.mark.asyncio
+        async def test_first():
+            time.sleep(0.3)
+
+        @pytest.mark.asyncio
+        async def test_second():
+            time.sleep(0.3)
+
+        @pytest.mark.asyncio
+        async def test_third():
+            await asyncio.sleep(0)
+        """,
+        ini="""
+        loopwatch_allow =
+            test_xdist:test_first
+            test_xdist:test_second
+            test_xdist:never
+        """,
+        name="test_xdist",
+    )
+    result = run(pytester, "--loopwatch", "-n", "2")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["*3 of 3 tests ran on a watched event loop*0 failed by a stall, 2 stalls allowed*"]
+    )
+    warned = re.findall(r"LoopwatchWarning: .*", result.stdout.str())
+    assert len(warned) == 1
+    assert "'test_xdist:never'" in warned[0]
