@@ -30,8 +30,10 @@ Allow-list entries are ``module:function``, matched against the culprit's
 ``module.qualname``: exactly, for anything nested below it (``mod:Class`` allows its
 methods, ``mod:func`` its inner functions), or with ``*`` wildcards. Entries come from the
 ini option and from the ``allow`` of every ``loopwatch`` marker that applies to a test. At
-the end of the run, an entry that never matched a stall produces a ``LoopwatchWarning``
-(ini entries only when some test was watched).
+the end of the run, an entry in force for a test that ran on a watched loop and that never
+matched a stall produces a ``LoopwatchWarning`` (``-W error`` makes it fail the run); with
+pytest-xdist the controller decides, over all workers. Before Python 3.11 the culprit has
+no class in its name (code objects have no qualified name): write ``mod:method``.
 
 How it attaches to the loop: pytest-asyncio and anyio both run a test, and each async
 fixture, by calling the coroutine function that pytest holds (``item.obj``,
@@ -151,6 +153,7 @@ def parse_threshold(raw: str, source: str) -> float:
     return checked_threshold(value, source)
 
 
+@functools.lru_cache(maxsize=1024)
 def _line_of(path: str, text: str) -> int:
     """The line of ``path`` that mentions ``text`` (1-based), 0 if unknown."""
     try:
@@ -338,6 +341,7 @@ class Plugin:
     errors: list[str] = field(default_factory=list)
 
     def register(self, entries: Iterable[Allow]) -> None:
+        """Entries in force for a test that ran on a watched loop (kept if already matched)."""
         for entry in entries:
             self.allow_used.setdefault((entry.origin, entry.entry), entry)
 
@@ -460,13 +464,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if plugin is None or policy is None or not policy.active:
         return (yield)
     plugin.active += 1
-    plugin.register(policy.allow)
     plugin.current = run = Run(item, policy)
     try:
         return (yield)
     finally:
         plugin.current = None
-        plugin.watched += run.watched_loop
+        if run.watched_loop:  # entries of tests without an event loop could not match
+            plugin.watched += 1
+            plugin.register(policy.allow)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -538,8 +543,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # a pytest-xdist worker: the controller sums up the run
         workeroutput["loopwatch"] = plugin.export()
-        return
-    if not plugin.active:
         return
     for allow in plugin.allow_used.values():
         if allow is None:
@@ -682,18 +685,26 @@ class Watching:
         self._plugin.loops.add(loop)
         self._owned = loop, watcher, recorder
         run.watched_loop = True
-        await asyncio.sleep(0)  # the heartbeat's first tick runs before the watched code
+        try:
+            await asyncio.sleep(0)  # the heartbeat's first tick runs before the watched code
+        except BaseException:
+            self._release()
+            raise
 
     async def __aexit__(self, *exc_info: object) -> None:
-        owned, self._owned = self._owned, None
-        if owned is None:
+        if self._owned is None:
             return
-        loop, watcher, recorder = owned
         try:
             # A stall that just ended is closed by the next heartbeat tick: it is overdue,
             # so it runs before this 1 ms timer; stop() then reports the stall.
             await asyncio.sleep(SETTLE_DELAY)
         finally:
+            self._release()
+
+    def _release(self) -> None:
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            loop, watcher, recorder = owned
             watcher.stop()
             self._plugin.loops.discard(loop)
             recorder.close()

@@ -21,7 +21,6 @@ pytest_plugins = ["pytester"]
 
 INI = """
 [pytest]
-asyncio_mode = strict
 asyncio_default_fixture_loop_scope = function
 """
 
@@ -162,6 +161,31 @@ def test_awaiting_tests_pass_and_the_loop_is_watched(pytester: pytest.Pytester) 
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*1 of 2 tests ran on a watched event loop*0 failed by a stall*"])
     assert "event loop blocked" not in result.stdout.str()
+
+
+def test_asyncio_auto_mode_and_plain_fixtures(pytester: pytest.Pytester) -> None:
+    suite(
+        pytester,
+        """
+        @pytest.fixture
+        async def plain_async_fixture():
+            time.sleep(0.3)
+            yield
+
+        async def test_unmarked_blocks():
+            time.sleep(0.3)
+
+        async def test_fixture_blocks(plain_async_fixture):
+            pass
+
+        async def test_unmarked_awaits():
+            await asyncio.sleep(0.3)
+        """,
+        ini="asyncio_mode = auto",
+    )
+    result = run(pytester, "--loopwatch")
+    result.assert_outcomes(failed=2, passed=1)
+    assert "in fixture 'plain_async_fixture' setup" in failure_of(result, "test_fixture_blocks")
 
 
 def test_cpu_bound_stall_is_caught(pytester: pytest.Pytester) -> None:
@@ -564,11 +588,20 @@ def test_unused_allow_entries_warn_at_the_end(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(["ERROR: loopwatch allow-list entry 'old_module:removed_*"])
 
 
-def test_ini_allow_entries_do_not_warn_when_nothing_was_watched(
-    pytester: pytest.Pytester,
+@pytest.mark.parametrize("args", [(), ("--loopwatch",)], ids=["off", "sync-tests-only"])
+def test_allow_entries_do_not_warn_when_no_loop_was_watched(
+    pytester: pytest.Pytester, args: tuple[str, ...]
 ) -> None:
-    suite(pytester, "def test_nothing(): pass", ini="loopwatch_allow = old:entry")
-    result = run(pytester)
+    suite(
+        pytester,
+        """
+        @pytest.mark.loopwatch(allow=["old:marker_entry"])
+        def test_sync():
+            pass
+        """,
+        ini="loopwatch_allow = old:ini_entry",
+    )
+    result = run(pytester, *args)
     result.assert_outcomes(passed=1)
     assert "LoopwatchWarning" not in result.stdout.str()
 
