@@ -761,7 +761,8 @@ def _details(stall: Stall) -> str:
         f"    duration: {event.duration:.3f} s",
         f"    culprit:  {event.culprit or _no_culprit(event)}",
         f"    offender: {event.offender or '-'}",
-        f"    cause:    {event.cause} ({event.samples} samples{task})",
+        f"    cause:    {event.cause} ({event.samples} sample{'' if event.samples == 1 else 's'}"
+        f"{task})",
     ]
     if event.culprit is not None:
         lines.append(

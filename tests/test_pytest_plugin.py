@@ -646,16 +646,28 @@ def test_anyio_asyncio_backend(pytester: pytest.Pytester) -> None:
     assert "in fixture 'slow_anyio_fixture' setup" in text
 
 
-def test_uvloop_with_pytest_asyncio_and_anyio(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("uvloop")
-    pytester.makeconftest(
-        """
+UVLOOP_CONFTESTS = {
+    "loop-factories-hook": """
         import uvloop
 
         def pytest_asyncio_loop_factories(config, item):
             return {"uvloop": uvloop.new_event_loop}
-        """
-    )
+        """,
+    "event-loop-policy-fixture": """
+        import pytest
+        import uvloop
+
+        @pytest.fixture(scope="session")
+        def event_loop_policy():  # deprecated in pytest-asyncio 1.x, still common
+            return uvloop.EventLoopPolicy()
+        """,
+}
+
+
+@pytest.mark.parametrize("conftest", UVLOOP_CONFTESTS.values(), ids=UVLOOP_CONFTESTS.keys())
+def test_uvloop_with_pytest_asyncio_and_anyio(pytester: pytest.Pytester, conftest: str) -> None:
+    pytest.importorskip("uvloop")
+    pytester.makeconftest(conftest)
     suite(
         pytester,
         """
