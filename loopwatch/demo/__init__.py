@@ -57,6 +57,7 @@ def run_demo(*, otlp_endpoint: str | None = None, console: Console | None = None
     console.rule("loopwatch demo: the article's FastAPI service, slow and fixed")
     render(results, root=root, console=console)
     elapsed = time.perf_counter() - started
-    exported = f"; traces also sent to {otlp_endpoint}" if otlp_endpoint else ""
+    services = ", ".join(mode.service_name for mode in MODES.values())
+    exported = f"; traces also exported to {otlp_endpoint} ({services})" if otlp_endpoint else ""
     console.print(f"Done in {elapsed:.1f} s{exported}.", style="dim")
     return 0
