@@ -18,7 +18,6 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from example.factory import create_app
-from example.modes import MODES
 from loopwatch import BlockEvent
 from loopwatch.demo.server import BackgroundServer
 from loopwatch.demo.stats import DELAY_METRIC, Distribution, histogram_points, summarize
@@ -38,7 +37,6 @@ class ModeResult:
     """What one mode of the example app did under the article's requests (seconds)."""
 
     mode: str
-    service_name: str
     item_latencies: list[float]
     process_latencies: list[float]
     concurrent_latencies: list[float]
@@ -46,7 +44,7 @@ class ModeResult:
     stalls: list[BlockEvent]
     """Every finished stall, from the ``on_block`` hook."""
     traced_stalls: Counter[str]
-    """``loop.blocked`` spans inside a request's trace, by culprit function."""
+    """``loop.blocked`` spans inside a request's trace, by :func:`culprit_label`."""
     idle_delay: Distribution | None
     load_delay: Distribution | None
     item_spans: Mapping[str, float]
@@ -91,7 +89,6 @@ def run_mode(mode: str, *, otlp_endpoint: str | None, step: Step) -> ModeResult:
     finished = spans.get_finished_spans()  # all of them: the lifespan flushed on shutdown
     return ModeResult(
         mode=mode,
-        service_name=MODES[mode].service_name,
         item_latencies=items,
         process_latencies=processes,
         concurrent_latencies=concurrent,
