@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from opentelemetry import metrics, trace
 
 from .config import resolve_config
 from .events import BlockEvent, FrameInfo
@@ -90,6 +91,12 @@ TEST_RUNNER_MODULES = (
     "backports.asyncio.runner",  # pytest-asyncio's asyncio.Runner on Python 3.10
 )
 """Never the culprit, in addition to loopwatch's own list: the machinery that runs the test."""
+
+
+_NO_TRACES = trace.NoOpTracerProvider()
+_NO_METRICS = metrics.NoOpMeterProvider()
+"""The plugin's watchers report to the test only: no spans or metrics in the providers
+that the tests under watch may set up and inspect."""
 
 
 class LoopwatchWarning(pytest.PytestWarning):
@@ -675,6 +682,8 @@ class Watching:
         watcher = LoopWatch(
             run.policy.threshold,
             on_block=recorder,
+            tracer_provider=_NO_TRACES,
+            meter_provider=_NO_METRICS,
             measure_utilization=False,
             max_stack_chars=MAX_STACK_CHARS,
             skip_modules=_skip_modules(),

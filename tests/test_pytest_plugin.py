@@ -800,3 +800,51 @@ def test_xdist_workers_report_to_the_controller(pytester: pytest.Pytester) -> No
     warned = re.findall(r"LoopwatchWarning: .*", result.stdout.str())
     assert len(warned) == 1
     assert "'test_xdist:never'" in warned[0]
+
+
+def test_nothing_goes_to_the_tests_own_telemetry(pytester: pytest.Pytester) -> None:
+    """The plugin's watchers emit no spans or metrics into providers the tests set up."""
+    pytester.makeconftest(
+        """
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        READER = InMemoryMetricReader()
+        EXPORTER = InMemorySpanExporter()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+        trace.set_tracer_provider(provider)
+        """
+    )
+    suite(
+        pytester,
+        """
+        from conftest import EXPORTER, READER
+
+        @pytest.mark.asyncio
+        @pytest.mark.loopwatch(allow=["test_otel:test_allowed_stall"])
+        async def test_allowed_stall():
+            time.sleep(0.3)
+
+        def test_the_app_providers_saw_nothing():
+            assert EXPORTER.get_finished_spans() == ()
+            data = READER.get_metrics_data()
+            names = [
+                metric.name
+                for resource in (data.resource_metrics if data else [])
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+            ]
+            assert names == []
+        """,
+        name="test_otel",
+    )
+    # In a subprocess: the global providers are set once per process.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--loopwatch")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*1 stalls allowed*"])
