@@ -121,12 +121,27 @@ class LoopWatchMiddleware:
         watcher.inflight.add(request)
         token = CURRENT_REQUEST.set(request)
         loop_token = _SERVED_ON.set(loop)
+        state = {"trailers": False, "done": False}
+
+        async def send_and_settle(message: Message) -> None:
+            # Tracing middlewares end the server span when the response is complete, before
+            # the app returns: settle the request (its share of an open stall goes on its
+            # span) just before the message that completes the response.
+            kind = message.get("type")
+            if kind == "http.response.start":
+                state["trailers"] = bool(message.get("trailers", False))
+            elif not state["done"] and _completes_response(message, state["trailers"]):
+                state["done"] = True
+                watcher.inflight.remove(request)
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_settle)
         finally:
             _SERVED_ON.reset(loop_token)
             CURRENT_REQUEST.reset(token)
-            watcher.inflight.remove(request)
+            if not state["done"]:
+                watcher.inflight.remove(request)
 
     async def _serve_nested(
         self, outer: Request, span: trace.Span, scope: Scope, receive: Receive, send: Send
@@ -198,6 +213,15 @@ class LoopWatchMiddleware:
         loop = asyncio.get_running_loop()
         if self._watchers.pop(loop, None) is not None:
             registry.release(loop)
+
+
+def _completes_response(message: Message, trailers: bool) -> bool:
+    """Whether ``message`` is the last one of an HTTP response."""
+    if trailers:
+        return message.get("type") == "http.response.trailers" and not message.get(
+            "more_trailers", False
+        )
+    return message.get("type") == "http.response.body" and not message.get("more_body", False)
 
 
 _OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block"})

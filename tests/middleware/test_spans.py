@@ -238,27 +238,38 @@ def test_raw_asgi_app(loop_name: str, traced: bool, otel: Otel) -> None:
 
 
 @pytest.mark.xfail(
-    reason="loopwatch bug (inflight.py/reporter.py): victims are read from the in-flight set "
-    "when the watchdog closes the stall; a victim whose await finished during the stall "
-    "completes (and leaves the set, its span ended) before that, so it is neither linked "
-    "nor counted nor marked. Always on uvloop, often on asyncio.",
+    reason="race in loopwatch (inflight.py/reporter.py/watchdog.py, after 221d14d): the "
+    "watchdog clears its open stall before the reporter checks victim.ended, so a victim "
+    "ending in between is settled by neither InflightRequests.remove (no open stall) nor the "
+    "reporter (ended is set): it loses loopwatch.delayed_by; a victim between the pop from "
+    "_requests and the append to _recent is missed entirely. About 1 run in 6.",
     strict=False,
 )
 def test_victims_that_finish_right_after_the_stall(
     loop_name: str, otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
 ) -> None:
-    """Victims whose own wait (0.1 s) ended inside the stall (0.5 s) are still victims."""
+    """Victims whose wait ended inside the stall finish right after it, often before the
+    watchdog closes it: they are still linked, counted and marked."""
     app = fastapi_app(instrument="after")
     with serve_in_thread(app, loop=loop_name) as server, ThreadPoolExecutor(VICTIMS) as pool:
-        victims = [pool.submit(get, f"{server.url}/sleep?seconds=0.1") for _ in range(VICTIMS)]
+        victims = [pool.submit(get, f"{server.url}/wait-for-stall") for _ in range(VICTIMS)]
         wait_until(lambda: probe.sleepers >= VICTIMS, 5.0, "the victims to reach their handler")
-        assert get(f"{server.url}/block/1?seconds=0.5").status_code == 200
+        response = get(f"{server.url}/stall-releasing-waiters?seconds={STALL_S}")
+        assert response.status_code == 200
         assert [future.result(HTTP_TIMEOUT_S).status_code for future in victims] == [200] * 3
         [blocked] = otel.blocked_spans()
+        wait_until(
+            lambda: len(otel.server_spans("/wait-for-stall")) == VICTIMS,
+            SPAN_WAIT_S,
+            "victim spans",
+        )
+    assert_names_culprit(blocked, "/stall-releasing-waiters")
     assert attrs(blocked)["loopwatch.delayed_requests"] == VICTIMS
-    assert len(blocked.links) == VICTIMS
-    for victim in otel.server_spans("/sleep"):
-        assert "loopwatch.delayed_by" in attrs(victim)
+    linked = {link.context.span_id for link in blocked.links}
+    for victim in otel.server_spans("/wait-for-stall"):
+        assert victim.context is not None
+        assert victim.context.span_id in linked
+        assert float(attrs(victim)["loopwatch.delayed_by"]) > STALL_S - 0.1  # type: ignore[arg-type]
 
 
 def test_mounted_watched_sub_app(

@@ -117,6 +117,20 @@ def build_fastapi(
         await asyncio.sleep(wait)  # still in flight when the watchdog reports the stall
         return {"blocked": seconds}
 
+    gate = asyncio.Event()
+
+    @app.get("/wait-for-stall")
+    async def wait_for_stall() -> dict[str, bool]:
+        probe.sleeper_started()
+        await gate.wait()  # released by /stall-releasing-waiters just before it blocks
+        return {"released": True}
+
+    @app.get("/stall-releasing-waiters")
+    async def stall_releasing_waiters(seconds: float = 0.4) -> dict[str, float]:
+        gate.set()  # the waiters' wait ends now, but they resume only after the stall
+        blocking_work(seconds)
+        return {"blocked": seconds}
+
     @app.get("/block-in-span")
     async def block_in_span(seconds: float = 0.4) -> dict[str, float]:
         with tracer.start_as_current_span("handler-work"):
