@@ -37,20 +37,24 @@ no class in its name (code objects have no qualified name): write ``mod:method``
 
 How it attaches to the loop: pytest-asyncio and anyio both run a test, and each async
 fixture, by calling the coroutine function that pytest holds (``item.obj``,
-``fixturedef.func``) on their own loop, whatever the loop is (stdlib, uvloop, any
-policy, ``loop_factory`` or scope). While a watched test is set up, run and torn down,
-the plugin substitutes those functions with wrappers that, on the loop, start a
-:class:`~loopwatch.LoopWatch` on the running loop, yield once so that the heartbeat
-ticks before the test's own code runs, run the original, then sleep 1 ms (the overdue
-heartbeat tick after a final stall comes first) and stop the watcher, which reports a
-stall that just ended. So a watcher exists only while the loop runs the test's code: no
-stale heartbeat while the loop is stopped between fixtures and the test, no threads left
-behind. Sync tests and sync fixtures are never touched. Not covered: loops a sync test
-creates itself (``asyncio.run`` inside a test), hypothesis async tests, trio.
+``fixturedef.func``) on their own loop, whatever the loop is (stdlib, uvloop, any policy,
+``loop_factory`` or loop scope). While a watched test is set up, run and torn down, the
+plugin substitutes those functions with wrappers that, on the loop, start a
+:class:`~loopwatch.LoopWatch` on the running loop, yield once so that its heartbeat ticks
+before the test's own code runs, run the original, then sleep until the overdue heartbeat
+tick after a final stall has run (1 ms on uvloop, 1 µs on the stdlib loop) and stop the
+watcher, which reports a stall that just ended. A watcher so exists only while the loop
+runs the test's code: none is left on a loop that is stopped between a fixture and the
+test (the core would count the stopped time as a stall when the loop resumes into a busy
+step), and no thread outlives the test.
+Sync tests and sync fixtures are never touched. Not covered: loops a sync test runs itself
+(``asyncio.run`` in a test), ``unittest.IsolatedAsyncioTestCase``, hypothesis async tests,
+trio. The watchers report to the test only: no spans or metrics reach the OpenTelemetry
+providers the tests may use; the core's WARNING log line is kept (captured with the test).
 
-The extra ``await asyncio.sleep(0)`` before a watched coroutine lets callbacks that are
-already scheduled run first; the 1 ms sleep after it adds about 1 ms per async test and
-fixture.
+Costs: the extra ``await asyncio.sleep(0)`` before a watched coroutine lets callbacks that
+are already scheduled run first. Each watched coroutine (test, fixture setup, fixture
+teardown) starts and joins a watchdog thread, about 1 ms (2 ms on uvloop).
 """
 
 from __future__ import annotations
@@ -82,7 +86,9 @@ DEFAULT_THRESHOLD = 0.1
 """Seconds; used when neither the marker, the command line nor the ini file sets one."""
 
 SETTLE_DELAY = 0.001
-"""How long a wrapper sleeps after the watched code, so the overdue heartbeat ticks first."""
+"""How long a wrapper sleeps after the watched code, so the overdue heartbeat ticks first:
+a timer due later than the heartbeat's. uvloop rounds timers to 1 ms (and runs shorter ones
+as soon as possible); the stdlib loop orders any later timer after it."""
 
 MAX_STACK_CHARS = 32_768
 MAX_REPORTED_STALLS = 5
@@ -703,10 +709,12 @@ class Watching:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._owned is None:
             return
+        loop = self._owned[0]
         try:
             # A stall that just ended is closed by the next heartbeat tick: it is overdue,
-            # so it runs before this 1 ms timer; stop() then reports the stall.
-            await asyncio.sleep(SETTLE_DELAY)
+            # so it runs before this timer; stop() then reports the stall.
+            stdlib = isinstance(loop, asyncio.BaseEventLoop)
+            await asyncio.sleep(1e-6 if stdlib else SETTLE_DELAY)
         finally:
             self._release()
 
