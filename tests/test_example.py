@@ -122,9 +122,8 @@ def test_spans_follow_the_article(mode: str, cpu_spans: set[str]) -> None:
     jobs = served.spans("background.job")
     assert len(jobs) == 3
     assert all(job.attributes and job.attributes["task.id"] == "abc" for job in jobs)
-    expected = resolve_mode(mode).background_job_seconds
-    assert all(job.end_time and job.start_time for job in jobs)
-    assert all((job.end_time or 0) - (job.start_time or 0) >= expected * 1e9 * 0.95 for job in jobs)
+    expected_ns = resolve_mode(mode).background_job_seconds * 1e9
+    assert all((job.end_time or 0) - (job.start_time or 0) >= 0.95 * expected_ns for job in jobs)
 
 
 def test_slow_mode_reports_the_cpu_stall_inside_the_request_trace() -> None:
@@ -145,8 +144,8 @@ def test_slow_mode_reports_the_cpu_stall_inside_the_request_trace() -> None:
         assert span.attributes["http.route"] == "/items/{item_id}"
         assert str(span.attributes["code.file.path"]).endswith("example/work.py")
         chain = ancestors(span, all_spans)
+        assert [s.name for s in chain[:2]] == ["cpu.work.blocking", "handler.get_item"]
         assert [s.name for s in chain if s.kind is SpanKind.SERVER] == ["GET /items/{item_id}"]
-        assert "handler.get_item" in {s.name for s in chain}
     stalls = served.stalls()
     assert any(
         event.culprit and event.culprit.function == "example.work.cpu_heavy_blocking_work"
