@@ -203,7 +203,7 @@ def test_cpu_bound_stall_is_caught(pytester: pytest.Pytester) -> None:
         """
         @pytest.mark.asyncio
         async def test_crunches():
-            spin(0.3)
+            spin(0.5)  # samples at 0.1, 0.2 and 0.4 s: one on time even on a busy machine
         """,
         name="test_cpu",
     )
