@@ -15,6 +15,8 @@ Off unless asked for, per run or per test::
     @pytest.mark.loopwatch(threshold=0.05, allow=["myapp.cache:warm_up"])
     async def test_something(): ...
 
+(In pytest 9's native ``[tool.pytest]`` table, quote the threshold: ``"0.05"``.)
+
 ``@pytest.mark.loopwatch`` turns watching on for the tests it marks (``enabled=False``
 turns it off); its ``threshold`` wins over ``--loopwatch=...``, which wins over the ini
 file. ``pytest -p no:loopwatch`` unloads the plugin.

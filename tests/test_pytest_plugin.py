@@ -44,8 +44,13 @@ def spin(seconds):
     return n
 
 
-def watchdogs():
-    return [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
+def watchdogs():  # started since this module was imported (the run is in-process)
+    return [
+        t for t in threading.enumerate() if t.name == "loopwatch-watchdog" and t not in BEFORE
+    ]
+
+
+BEFORE = [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
 """
 
 
