@@ -220,7 +220,6 @@ def test_cpu_bound_stall_is_caught(pytester: pytest.Pytester) -> None:
 
 
 def test_stall_in_a_callback_is_caught_without_a_culprit(pytester: pytest.Pytester) -> None:
-    # In a subprocess: in-process, this test's own frames would be the culprit.
     suite(
         pytester,
         """
@@ -229,7 +228,7 @@ def test_stall_in_a_callback_is_caught_without_a_culprit(pytester: pytest.Pytest
             asyncio.get_running_loop().call_soon(time.sleep, 0.3)
         """,
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--loopwatch")
+    result = run(pytester, "--loopwatch")
     result.assert_outcomes(failed=1)
     text = failure_of(result, "test_schedules_blocking_callback")
     assert "culprit:  none (no application code on the stack" in text
