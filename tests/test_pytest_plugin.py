@@ -391,10 +391,10 @@ def test_marker_enables_and_overrides_the_threshold(pytester: pytest.Pytester) -
 @pytest.mark.parametrize(
     ("args", "ini"),
     [
-        (("--loopwatch=0.6",), ""),
-        (("--loopwatch=600ms",), ""),
-        (("--loopwatch",), "loopwatch_threshold = 0.6"),
-        ((), "loopwatch = true\nloopwatch_threshold = 600ms"),
+        (("--loopwatch=0.4",), ""),
+        (("--loopwatch=400ms",), ""),
+        (("--loopwatch",), "loopwatch_threshold = 0.4"),
+        ((), "loopwatch = true\nloopwatch_threshold = 400ms"),
     ],
     ids=["option", "option-ms", "ini-threshold", "ini-only"],
 )
@@ -416,8 +416,8 @@ def test_threshold_from_option_and_ini(
     )
     result = run(pytester, *args)
     result.assert_outcomes(failed=1, passed=1)
-    assert "(threshold 0.6 s)" in failure_of(result, "test_above")
-    result.stdout.fnmatch_lines(["loopwatch: threshold 0.6 s*"])
+    assert "(threshold 0.4 s)" in failure_of(result, "test_above")
+    result.stdout.fnmatch_lines(["loopwatch: threshold 0.4 s*"])
 
 
 def test_bare_option_before_a_path_keeps_the_path(pytester: pytest.Pytester) -> None:
