@@ -711,14 +711,26 @@ class Watching:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._owned is None:
             return
-        loop = self._owned[0]
+        loop, _, recorder = self._owned
         try:
-            # A stall that just ended is closed by the next heartbeat tick: it is overdue,
-            # so it runs before this timer; stop() then reports the stall.
-            stdlib = isinstance(loop, asyncio.BaseEventLoop)
-            await asyncio.sleep(1e-6 if stdlib else SETTLE_DELAY)
+            await self._settle(loop, recorder)
         finally:
             self._release()
+
+    @staticmethod
+    async def _settle(loop: asyncio.AbstractEventLoop, recorder: Recorder) -> None:
+        """Let a stall that just ended (or a callback the test left queued) be closed.
+
+        The heartbeat tick that ends a stall is overdue, so it runs before a timer set
+        after the stall; stop() then reports the stall. A stall the watchdog saw start
+        gets a few more rounds.
+        """
+        delay = 1e-6 if isinstance(loop, asyncio.BaseEventLoop) else SETTLE_DELAY
+        await asyncio.sleep(0)  # callbacks already queued run first
+        for _ in range(5):
+            await asyncio.sleep(delay)
+            if recorder.open is None:
+                return
 
     def _release(self) -> None:
         owned, self._owned = self._owned, None
