@@ -146,8 +146,9 @@ async def corpus(
     collector: Collector,
     fx: Fixtures,
     cal: Calibration,
-) -> tuple[list[CaseResult], int]:
-    """Every pattern at every duration, ``reps`` times, in a shuffled order."""
+) -> tuple[list[CaseResult], list[BlockEvent]]:
+    """Every pattern at every duration, ``reps`` times, in a shuffled order; also the
+    stalls reported outside every pattern's window."""
     first_event = len(collector.events)
     rng = random.Random(11)
     plan = [(p, d) for _ in range(reps) for p in PATTERNS for d in durations]
@@ -183,10 +184,7 @@ async def corpus(
             )
         )
     unmatched = [e for e in collector.events[first_event:] if id(e) not in matched]
-    for event in unmatched:
-        print(f"unmatched stall: {event.duration:.3f}s {event.cause} {event.culprit}",
-              file=sys.stderr)  # fmt: skip
-    return results, len(unmatched)
+    return results, unmatched
 
 
 async def heavy_load(seconds: float) -> dict[str, int]:
@@ -234,6 +232,34 @@ async def heavy_load(seconds: float) -> dict[str, int]:
     return counts
 
 
+PROBE_PERIOD = 0.01
+
+
+async def lag_probe(lags: list[tuple[float, float]]) -> None:
+    """An independent 10 ms timer: records (epoch end, lag) of every lag of 50 ms or more.
+
+    A stall of duration d delays some tick by at least d - 10 ms, so every stall loopwatch
+    reports that matches no pattern can be checked against it.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + PROBE_PERIOD
+        await asyncio.sleep(PROBE_PERIOD)
+        lag = loop.time() - due
+        if lag >= 0.05:
+            lags.append((time.time(), lag))
+
+
+def confirmed(event: BlockEvent, lags: list[tuple[float, float]]) -> bool:
+    """Whether the probe saw a lag of at least ``duration - 2 periods`` overlapping ``event``."""
+    end = event.end or event.start
+    need = event.duration - 2 * PROBE_PERIOD
+    return any(
+        lag >= need and seen - lag <= end + 0.005 and seen >= event.start - 0.005
+        for seen, lag in lags
+    )
+
+
 async def main(
     loop_name: str, reps: int, durations: tuple[float, ...], fp_seconds: float
 ) -> dict[str, object]:
@@ -241,27 +267,40 @@ async def main(
     fx = Fixtures()
     cal = calibrate()
     collector = Collector()
+    lags: list[tuple[float, float]] = []
+    probe = asyncio.get_running_loop().create_task(lag_probe(lags))
     try:
         async with LoopWatch(threshold=THRESHOLD, on_block=collector) as watcher:
             config = {k: str(v) for k, v in asdict(watcher.config).items()}
             await asyncio.sleep(AFTER)
             results, unmatched = await corpus(loop_name, reps, durations, collector, fx, cal)
+            unmatched_events = [
+                {"duration": e.duration, "cause": e.cause, "culprit": str(e.culprit),
+                 "confirmed_by_probe": confirmed(e, lags)}
+                for e in unmatched
+            ]  # fmt: skip
             before = len(collector.events)
             started = time.monotonic()
+            load_started_epoch = time.time()
             load = await heavy_load(fp_seconds)
             load_seconds = time.monotonic() - started
             await asyncio.sleep(AFTER)
             false_positives = [
-                {"duration": e.duration, "cause": e.cause, "culprit": str(e.culprit)}
+                {"duration": e.duration, "cause": e.cause, "culprit": str(e.culprit),
+                 "confirmed_by_probe": confirmed(e, lags)}
                 for e in collector.events[before:]
-            ]
+            ]  # fmt: skip
+            lags_during_load = sum(1 for seen, _ in lags if seen >= load_started_epoch)
     finally:
+        probe.cancel()
         fx.close()
     return {
         "loop": loop_name,
         "config": config,
         "cases": [asdict(r) for r in results],
-        "unmatched_during_corpus": unmatched,
+        "unmatched_during_corpus": len(unmatched_events),
+        "unmatched_events": unmatched_events,
+        "probe_lags_during_load": lags_during_load,
         "false_positive_load": {**load, "seconds": load_seconds},
         "false_positives": false_positives,
     }
@@ -286,9 +325,12 @@ def run(quick: bool) -> dict[str, object]:
 
     loops = ("asyncio",) if quick else ("asyncio", "uvloop")
     durations = QUICK_DURATIONS if quick else DURATIONS
-    reps, fp_seconds = (1, 4.0) if quick else (2, 10.0)
+    fp_seconds = 4.0 if quick else 10.0
     per_loop = []
+    reps_used = {}
     for loop_name in loops:
+        reps = 2 if not quick and loop_name == "asyncio" else 1
+        reps_used[loop_name] = reps
         print(f"  accuracy on {loop_name}: {len(PATTERNS)} patterns x {len(durations)} "
               f"durations x {reps}", flush=True)  # fmt: skip
         out = subprocess.run(
@@ -299,7 +341,7 @@ def run(quick: bool) -> dict[str, object]:
         if out.returncode != 0:
             raise RuntimeError(f"accuracy worker failed:\n{out.stderr}")
         per_loop.append({**json.loads(out.stdout), "stderr": out.stderr[-4000:]})
-    return {"threshold": THRESHOLD, "durations": durations, "reps": reps, "loops": per_loop}
+    return {"threshold": THRESHOLD, "durations": durations, "reps": reps_used, "loops": per_loop}
 
 
 def case_results(raw: dict[str, object]) -> list[CaseResult]:

@@ -3,17 +3,22 @@
 Both factories read their configuration from the environment, so uvicorn can build them
 with ``--factory``:
 
-- ``BENCH_LOOPWATCH`` = ``1``/``0``: add :class:`loopwatch.LoopWatchMiddleware` with the
-  default configuration, or nothing at all (not even a pass-through layer).
+- ``BENCH_LOOPWATCH`` = ``1``/``0``/``watch``: add :class:`loopwatch.LoopWatchMiddleware`
+  with the default configuration; or nothing at all (not even a pass-through layer); or
+  only start the loop's watcher (``loopwatch.watch()``: heartbeat, watchdog, no middleware).
 - ``BENCH_OTEL`` = ``1``/``0``: instrument with ``FastAPIInstrumentor`` (spans go through a
   ``BatchSpanProcessor`` to an exporter that drops them), or not.
 
-Every stall loopwatch reports is written to stderr as a ``BENCH_STALL`` line, so the
-harness can count false positives under load.
+Every stall loopwatch reports is written to stderr as a ``BENCH_STALL`` line, and an
+independent probe (a 20 ms timer, in every configuration) writes a ``BENCH_LAG`` line for
+each loop lag of 70 ms or more, so the harness can tell real stalls from false positives.
+uvicorn calls these factories on its running loop, which is where the probe and the
+watcher start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -41,8 +46,41 @@ class DropSpans(SpanExporter):
         """Nothing to release."""
 
 
+PROBE_PERIOD = 0.02
+PROBE_REPORT = 0.07
+"""A stall of duration d delays some probe tick by at least d - PROBE_PERIOD."""
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").strip() == "1"
+
+
+async def lag_probe() -> None:
+    """Report loop lags of at least :data:`PROBE_REPORT` seconds on stderr."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + PROBE_PERIOD
+        await asyncio.sleep(PROBE_PERIOD)
+        lag = loop.time() - due
+        if lag >= PROBE_REPORT:
+            print(f"BENCH_LAG lag={lag:.4f}", file=sys.stderr, flush=True)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _start_probe_and_watcher() -> None:
+    """On uvicorn's running loop: the lag probe, and ``loopwatch.watch()`` if asked."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # built outside a loop (tests): nothing to start
+        return
+    task = loop.create_task(lag_probe())
+    _background.add(task)
+    if os.environ.get("BENCH_LOOPWATCH", "0").strip() == "watch":
+        import loopwatch
+
+        loopwatch.watch(loop, on_block=report_stall)
 
 
 def report_stall(event: BlockEvent) -> None:
@@ -58,6 +96,7 @@ def report_stall(event: BlockEvent) -> None:
 
 def hello_app() -> FastAPI:
     """``GET /`` returns a constant JSON body."""
+    _start_probe_and_watcher()
     app = FastAPI()
 
     @app.get("/")
@@ -107,6 +146,7 @@ def example_app() -> FastAPI:
     """
     from example import factory, work
 
+    _start_probe_and_watcher()
     work.cpu_heavy_blocking_work.__defaults__ = (EXAMPLE_CPU_ITERATIONS,)
     if not _flag("BENCH_LOOPWATCH"):
         factory.LoopWatchMiddleware = _without_middleware  # type: ignore[misc,assignment]

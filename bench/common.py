@@ -115,8 +115,19 @@ class Server:
 
     def stalls(self) -> list[str]:
         """The ``BENCH_STALL`` lines the app's ``on_block`` hook wrote so far."""
+        return self._lines("BENCH_STALL")
+
+    def lags(self) -> list[str]:
+        """The ``BENCH_LAG`` lines of the independent lag probe so far."""
+        return self._lines("BENCH_LAG")
+
+    def _lines(self, prefix: str) -> list[str]:
         text = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-        return [line for line in text.splitlines() if line.startswith("BENCH_STALL")]
+        return [line for line in text.splitlines() if line.startswith(prefix)]
+
+    def mark(self) -> tuple[int, int]:
+        """How many stall and lag lines there are now (to count those of one run)."""
+        return len(self.stalls()), len(self.lags())
 
     def cpu_seconds(self) -> float:
         """CPU seconds used by the server so far (all its threads)."""

@@ -1,9 +1,14 @@
 """Overhead under load: uvicorn apps with and without loopwatch, loaded by wrk.
 
-For every group (app, loop, FastAPIInstrumentor on/off) the two configurations are run
-alternately, A B B A A B ..., each run in a fresh server process with a warm-up load
-that is not measured. Medians of throughput and p99 latency are compared; the spread of
-the paired ratios shows the noise.
+For every group (app, loop, FastAPIInstrumentor on/off) the configurations are run in
+turn, the order rotating every round (A B, B A, ...), each run in a fresh server process
+with a warm-up load that is not measured. Medians of throughput, p99 latency and server
+CPU per request are compared; the spread of the paired ratios shows the noise.
+
+Configurations: ``off`` (no loopwatch at all), ``middleware`` (``LoopWatchMiddleware``,
+default configuration: what the example app ships) and, for the hello-world app without
+OpenTelemetry, ``watch`` (``loopwatch.watch()`` only: heartbeat, watchdog, no middleware),
+which splits the cost between the watcher and the per-request middleware.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from dataclasses import asdict, dataclass, field
 import psutil
 
 from .common import busy_cpu_seconds, median, run_wrk, spread, uvicorn_server
+
+OFF, MIDDLEWARE, WATCH = "off", "middleware", "watch"
+_ENV = {OFF: "0", MIDDLEWARE: "1", WATCH: "watch"}
 
 
 @dataclass(frozen=True)
@@ -37,12 +45,18 @@ class Group:
     def connections(self) -> int:
         return 32 if self.app == "hello" else 64
 
+    @property
+    def configs(self) -> tuple[str, ...]:
+        if self.app == "hello" and not self.otel:
+            return (OFF, MIDDLEWARE, WATCH)
+        return (OFF, MIDDLEWARE)
+
 
 @dataclass
 class Run:
     """One measured wrk run against one server process."""
 
-    loopwatch: bool
+    config: str
     round: int
     rps: float
     p50_ms: float
@@ -52,6 +66,8 @@ class Run:
     """Server CPU (all threads) per request: insensitive to other load on the machine."""
     stalls: int
     stall_lines: list[str]
+    lags: int
+    """Loop lags of 70 ms or more seen by the independent probe during the run."""
     foreign_cpu: float
     """CPU used by other processes during the run, in cores (0 to 2 on two cores)."""
 
@@ -61,25 +77,27 @@ class GroupResult:
     group: Group
     runs: list[Run] = field(default_factory=list)
 
-    def values(self, loopwatch: bool, name: str) -> list[float]:
-        return [getattr(run, name) for run in self.runs if run.loopwatch is loopwatch]
+    def values(self, config: str, name: str) -> list[float]:
+        return [getattr(run, name) for run in self.runs if run.config == config]
 
-    def paired_ratios(self, name: str) -> list[float]:
-        """on / off for each round (the two runs of a round are adjacent in time)."""
+    def paired_ratios(self, name: str, config: str = MIDDLEWARE) -> list[float]:
+        """``config`` / off for each round (the runs of a round are adjacent in time)."""
         ratios = []
         for index in sorted({run.round for run in self.runs}):
-            pair = {run.loopwatch: getattr(run, name) for run in self.runs if run.round == index}
-            if True in pair and False in pair and pair[False] > 0:
-                ratios.append(pair[True] / pair[False])
+            pair = {run.config: getattr(run, name) for run in self.runs if run.round == index}
+            if config in pair and OFF in pair and pair[OFF] > 0:
+                ratios.append(pair[config] / pair[OFF])
         return ratios
 
     def summary(self) -> dict[str, object]:
-        rps_off, rps_on = self.values(False, "rps"), self.values(True, "rps")
-        p99_off, p99_on = self.values(False, "p99_ms"), self.values(True, "p99_ms")
-        ratios = self.paired_ratios("rps")
-        p99_ratios = self.paired_ratios("p99_ms")
+        rps_off, rps_on = self.values(OFF, "rps"), self.values(MIDDLEWARE, "rps")
+        p99_off, p99_on = self.values(OFF, "p99_ms"), self.values(MIDDLEWARE, "p99_ms")
+        cpu_off, cpu_on = (
+            self.values(OFF, "cpu_us_per_request"),
+            self.values(MIDDLEWARE, "cpu_us_per_request"),
+        )
         low, high = spread(p99_off)
-        return {
+        result: dict[str, object] = {
             "group": self.group.label,
             "app": self.group.app,
             "loop": self.group.loop,
@@ -88,32 +106,47 @@ class GroupResult:
             "rps_off": median(rps_off),
             "rps_on": median(rps_on),
             "rps_ratio": median(rps_on) / median(rps_off),
-            "rps_paired_ratio_median": median(ratios),
-            "rps_paired_ratio_spread": spread(ratios),
+            "rps_paired_ratio_median": median(self.paired_ratios("rps")),
+            "rps_paired_ratio_spread": spread(self.paired_ratios("rps")),
             "rps_off_spread": spread(rps_off),
             "rps_on_spread": spread(rps_on),
             "p99_off": median(p99_off),
             "p99_on": median(p99_on),
             "p99_ratio": median(p99_on) / median(p99_off),
-            "p99_paired_ratio_spread": spread(p99_ratios),
+            "p99_paired_ratio_spread": spread(self.paired_ratios("p99_ms")),
             "p99_off_spread": (low, high),
             "p99_on_spread": spread(p99_on),
             "p99_within_noise": low <= median(p99_on) <= high,
-            "cpu_off": median(self.values(False, "cpu_us_per_request")),
-            "cpu_on": median(self.values(True, "cpu_us_per_request")),
-            "cpu_ratio": median(self.values(True, "cpu_us_per_request"))
-            / median(self.values(False, "cpu_us_per_request")),
+            "cpu_off": median(cpu_off),
+            "cpu_on": median(cpu_on),
+            "cpu_ratio": median(cpu_on) / median(cpu_off),
             "cpu_paired_ratio_spread": spread(self.paired_ratios("cpu_us_per_request")),
-            "stalls_reported": sum(self.values(True, "stalls")),
-            "errors": sum(self.values(True, "errors")) + sum(self.values(False, "errors")),
+            "cpu_off_spread": spread(cpu_off),
+            "cpu_on_spread": spread(cpu_on),
+            "stalls_reported": sum(self.values(MIDDLEWARE, "stalls"))
+            + sum(self.values(WATCH, "stalls")),
+            "lags_seen": sum(run.lags for run in self.runs),
+            "lags_seen_with_loopwatch": sum(self.values(MIDDLEWARE, "lags"))
+            + sum(self.values(WATCH, "lags")),
+            "errors": sum(run.errors for run in self.runs),
             "foreign_cpu_median": median([run.foreign_cpu for run in self.runs]),
         }
+        if WATCH in self.group.configs:
+            cpu_watch = self.values(WATCH, "cpu_us_per_request")
+            result.update(
+                cpu_watch=median(cpu_watch),
+                cpu_watch_spread=spread(cpu_watch),
+                cpu_watch_ratio=median(cpu_watch) / median(cpu_off),
+                rps_watch=median(self.values(WATCH, "rps")),
+                p99_watch=median(self.values(WATCH, "p99_ms")),
+            )
+        return result
 
 
-def measure_once(group: Group, loopwatch: bool, round_index: int, seconds: float) -> Run:
+def measure_once(group: Group, config: str, round_index: int, seconds: float) -> Run:
     """Start a server, warm it up, measure one wrk run, stop the server."""
     env = {
-        "BENCH_LOOPWATCH": "1" if loopwatch else "0",
+        "BENCH_LOOPWATCH": _ENV[config],
         "BENCH_OTEL": "1" if group.otel else "0",
         "DEMO_MODE": "optimized",
         "OTEL_TRACES_EXPORTER": "none",
@@ -124,17 +157,20 @@ def measure_once(group: Group, loopwatch: bool, round_index: int, seconds: float
     with uvicorn_server(factory, group.loop, env, ready_path=ready) as server:
         url = server.url(group.path)
         run_wrk(url, 1.0, group.connections)  # warm-up, not measured
+        time.sleep(0.15)  # a stall of the warm-up is closed and counted before the mark
+        stalls0, lags0 = server.mark()
         me = psutil.Process()
         busy0, server0 = busy_cpu_seconds(), server.cpu_seconds()
         mine0 = sum(me.cpu_times()[:2])
         result = run_wrk(url, seconds, group.connections)
         busy1, server1 = busy_cpu_seconds(), server.cpu_seconds()
         mine1 = sum(me.cpu_times()[:2])
-        time.sleep(0.05)  # let a stall still being closed reach the log
-        stall_lines = server.stalls()
+        time.sleep(0.15)  # a stall still being closed reaches the log
+        stall_lines = server.stalls()[stalls0:]
+        lags = len(server.lags()) - lags0
     foreign = (busy1 - busy0) - (server1 - server0) - result.wrk_cpu_s - (mine1 - mine0)
     return Run(
-        loopwatch=loopwatch,
+        config=config,
         round=round_index,
         rps=result.rps,
         p50_ms=result.p50_ms,
@@ -143,24 +179,28 @@ def measure_once(group: Group, loopwatch: bool, round_index: int, seconds: float
         cpu_us_per_request=(server1 - server0) / max(result.requests, 1) * 1e6,
         stalls=len(stall_lines),
         stall_lines=stall_lines[:10],
+        lags=lags,
         foreign_cpu=max(0.0, foreign / result.seconds),
     )
 
 
 def run_group(group: Group, rounds: int, seconds: float, log: bool = True) -> GroupResult:
-    """``rounds`` pairs, alternating which configuration goes first (ABBA)."""
+    """``rounds`` rounds of every configuration, the order rotating each round."""
     result = GroupResult(group)
+    configs = group.configs
     for index in range(rounds):
-        order = (False, True) if index % 2 == 0 else (True, False)
-        for loopwatch in order:
-            run = measure_once(group, loopwatch, index, seconds)
+        shift = index % len(configs)
+        order = configs[shift:] + configs[:shift]
+        if index % 2:
+            order = tuple(reversed(order))
+        for config in order:
+            run = measure_once(group, config, index, seconds)
             result.runs.append(run)
             if log:
                 print(
-                    f"  {group.label:45s} loopwatch={'on ' if loopwatch else 'off'} "
-                    f"{run.rps:8.0f} req/s  p99 {run.p99_ms:7.1f} ms  "
-                    f"CPU {run.cpu_us_per_request:6.1f} us/req  "
-                    f"other load {run.foreign_cpu:.2f} cores  stalls {run.stalls}",
+                    f"  {group.label:40s} {config:10s} {run.rps:6.0f} req/s  "
+                    f"p99 {run.p99_ms:6.1f} ms  CPU {run.cpu_us_per_request:6.1f} us/req  "
+                    f"other load {run.foreign_cpu:.2f}  stalls {run.stalls} lags {run.lags}",
                     flush=True,
                 )
     return result
@@ -181,15 +221,18 @@ def groups(quick: bool) -> list[Group]:
 
 def run(quick: bool) -> dict[str, object]:
     """The whole overhead benchmark; returns JSON-able results."""
-    rounds, seconds = (3, 2.0) if quick else (5, 3.0)
+    seconds = 2.0 if quick else 3.0
     results = []
+    rounds_used = {}
     for group in groups(quick):
+        rounds = 3 if quick else (5 if group.app == "hello" else 4)
+        rounds_used[group.label] = rounds
         result = run_group(group, rounds, seconds)
         results.append(
             {"summary": result.summary(), "runs": [asdict(run) for run in result.runs]}
         )
     return {
-        "rounds": rounds,
+        "rounds": rounds_used,
         "seconds": seconds,
         "warmup_seconds": 1.0,
         "load_average": os.getloadavg(),
