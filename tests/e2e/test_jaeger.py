@@ -7,6 +7,7 @@ assertions read the traces back through Jaeger's api_v3 HTTP gateway.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -26,6 +27,8 @@ BLOCKING_SPAN = "cpu.work.blocking"
 BACKGROUND_SPAN = "background.job"
 CULPRIT_SUFFIX = "cpu_heavy_blocking_work"
 REQUESTS_PER_ROUTE = 3
+#: uvicorn's log line once the app's lifespan shutdown (which flushes spans) has run.
+UVICORN_SHUTDOWN_DONE = "Application shutdown complete."
 
 #: The stall's duration must match the blocking span's within max(5 ms, 5 %) ...
 DURATION_TOLERANCE_ABS_S = 0.005
@@ -66,8 +69,17 @@ def _run_article_traffic(
     try:
         send_article_requests(app)
         jaeger.wait_for_spans(service, since, _has_counts(expected), what="spans of the requests")
-    finally:
+    except BaseException:
         app.stop()
+        raise
+    exit_code = app.stop()
+    # Killed instead of shut down, the app may not have flushed its last spans, and the
+    # "no loop.blocked span" checks would prove nothing. (uvicorn re-raises SIGTERM after
+    # its graceful shutdown, hence -SIGTERM; its lifespan shutdown flushes the spans.)
+    assert exit_code in (0, -signal.SIGTERM), f"{mode} app: exit {exit_code}"
+    assert UVICORN_SHUTDOWN_DONE in app.process.log_tail(lines=1000), (
+        f"the {mode} app did not finish its lifespan shutdown\n{app.process.describe()}"
+    )
     # Jaeger stores spans synchronously on receipt (no batch processor in its pipeline),
     # so once the app has exited everything it exported is queryable.
     return jaeger.wait_for_spans(service, since, _has_counts(expected), what="all spans")
