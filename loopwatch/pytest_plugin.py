@@ -446,13 +446,9 @@ def pytest_load_initial_conftests(
 
 
 def _is_threshold(token: str) -> bool:
-    if token.strip().lower() == "off":
-        return True
-    try:
-        parse_threshold(token, "--loopwatch")
-    except ValueError:
-        return False
-    return True
+    """Whether ``token`` is meant as the option's value (checked later, with a clear error)."""
+    number = r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?"
+    return re.fullmatch(rf"\s*(off|{number}\s*(ms|s)?)\s*", token, re.IGNORECASE) is not None
 
 
 def pytest_configure(config: pytest.Config) -> None:

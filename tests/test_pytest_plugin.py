@@ -423,7 +423,10 @@ def test_threshold_from_option_and_ini(
     result.stdout.fnmatch_lines(["loopwatch: threshold 0.4 s*"])
 
 
-def test_bare_option_before_a_path_keeps_the_path(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(("path", "passed"), [("test_path.py", 0), (".", 1)])
+def test_bare_option_before_a_path_keeps_the_path(
+    pytester: pytest.Pytester, path: str, passed: int
+) -> None:
     suite(
         pytester,
         """
@@ -434,8 +437,8 @@ def test_bare_option_before_a_path_keeps_the_path(pytester: pytest.Pytester) -> 
         name="test_path",
     )
     pytester.makepyfile(test_other="def test_other(): pass")
-    result = run(pytester, "--loopwatch", "test_path.py")
-    result.assert_outcomes(failed=1)
+    result = run(pytester, "--loopwatch", path)
+    result.assert_outcomes(failed=1, passed=passed)
 
 
 def test_off_wins_over_ini_and_markers(pytester: pytest.Pytester) -> None:
@@ -459,6 +462,7 @@ def test_off_wins_over_ini_and_markers(pytester: pytest.Pytester) -> None:
     [
         (("--loopwatch=soon",), "", "--loopwatch='soon' is not a duration"),
         (("--loopwatch=0",), "", "out of range"),
+        (("--loopwatch", "0"), "", "out of range"),
         ((), "loopwatch_threshold = fast", "loopwatch_threshold='fast' is not a duration"),
         ((), "loopwatch_allow = no_colon_here", "is not module:function"),
     ],
