@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import importlib.util
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,20 +23,37 @@ from opentelemetry.trace import SpanKind
 from .apps.inprocess import Instrument, Probe, Providers, build_fastapi, culprit_name
 from .server import wait_until
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - not on Windows
-    uvloop = None
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 SPAN_WAIT_S = 5.0
 """How long a test waits for the watchdog thread to emit a ``loop.blocked`` span."""
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LOOPWATCH_*``/``OTEL_*`` variables of the calling shell must not change the tests."""
+    for name in list(os.environ):
+        if name.startswith(("LOOPWATCH_", "OTEL_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _no_collection_pauses() -> Iterator[None]:
+    """No garbage collection during a test: a full collection of this (large) test process
+    holds the GIL long enough to stall the server's loop, and a stall right before the one
+    a test causes merges with it (loopwatch then takes the request from the earlier part)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def loop_name(request: pytest.FixtureRequest) -> str:
     """The ``--loop`` of the uvicorn server under test."""
     name: str = request.param
-    if name == "uvloop" and uvloop is None:
+    if name == "uvloop" and not HAVE_UVLOOP:
         pytest.skip("uvloop is not installed on this platform")
     return name
 
@@ -84,7 +104,7 @@ class Otel:
             for metric in scope.metrics
             if metric.name == name
             for point in metric.data.data_points
-            if all(point.attributes.get(key) == value for key, value in attributes.items())
+            if all((point.attributes or {}).get(key) == v for key, v in attributes.items())
         ]
 
     def _ours(self) -> list[ReadableSpan]:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvicorn
@@ -56,13 +56,19 @@ def free_port_pair() -> int:
 
 
 def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    detail: Callable[[], str] | None = None,
 ) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    """Poll ``condition`` until it holds; fail naming ``what`` (and ``detail()``, e.g. a
+    server's output) after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            more = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{more}")
         time.sleep(interval)
 
 
@@ -101,7 +107,9 @@ class InProcessServer:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, *, loop: str, lifespan: str = "on") -> Iterator[InProcessServer]:
+def serve_in_thread(
+    app: Any, *, loop: str, lifespan: Literal["auto", "on", "off"] = "on"
+) -> Iterator[InProcessServer]:
     """Serve ``app`` with uvicorn (``--loop loop``, ``--lifespan lifespan``) on a free port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

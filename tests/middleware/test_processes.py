@@ -68,7 +68,12 @@ def test_scrape_answers_during_a_stall(loop: str, configured_by: str, tmp_path: 
     ) as server:
         wait_http_ok(f"http://127.0.0.1:{port}/health", server)
         assert ONGOING in scrape(metrics_url), server.output()
-        wait_until(lambda: sample_total(scrape(metrics_url), ONGOING) == 0, 5.0, "an idle loop")
+        wait_until(
+            lambda: sample_total(scrape(metrics_url), ONGOING) == 0,
+            5.0,
+            "an idle loop",
+            detail=server.output,
+        )
         with ThreadPoolExecutor(1) as pool:
             blocker = pool.submit(
                 httpx.get, f"http://127.0.0.1:{port}/block?seconds={STALL_S}", timeout=10
@@ -82,7 +87,12 @@ def test_scrape_answers_during_a_stall(loop: str, configured_by: str, tmp_path: 
                     return not blocker.done()
                 return False
 
-            wait_until(sees_stall, STALL_S - 0.5, "a scrape showing the ongoing stall")
+            wait_until(
+                sees_stall,
+                STALL_S - 0.5,
+                "a scrape showing the ongoing stall",
+                detail=server.output,
+            )
             assert not blocker.done()
             assert 0 < during[0] < STALL_S + 1
             assert blocker.result(HTTP_TIMEOUT_S).status_code == 200
@@ -90,6 +100,7 @@ def test_scrape_answers_during_a_stall(loop: str, configured_by: str, tmp_path: 
             lambda: sample_total(scrape(metrics_url), BLOCK_COUNT, http_route="/block") >= 1,
             5.0,
             "the stall to be counted",
+            detail=server.output,
         )
         wait_until(lambda: sample_total(scrape(metrics_url), ONGOING) == 0, 5.0, "the gauge at 0")
         after = scrape(metrics_url)

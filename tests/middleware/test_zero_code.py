@@ -99,6 +99,7 @@ def test_opentelemetry_instrument_uvicorn(loop: str, tmp_path: Path) -> None:
             lambda: sample_total(scrape(metrics_url), BLOCK_COUNT) >= 1,
             5.0,
             "the stall on the metrics port",
+            detail=server.output,
         )
         samples = scrape(metrics_url)
         output = server.output()
