@@ -42,6 +42,11 @@ def blocking_work(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def stall_outside_request(seconds: float) -> None:
+    """Blocks the loop from a plain callback, outside any request's task."""
+    time.sleep(seconds)
+
+
 def culprit_name() -> str:
     """How loopwatch names :func:`blocking_work` (``module.qualname``)."""
     return f"{blocking_work.__module__}.{blocking_work.__qualname__}"
@@ -130,6 +135,15 @@ def build_fastapi(
         gate.set()  # the waiters' wait ends now, but they resume only after the stall
         blocking_work(seconds)
         return {"blocked": seconds}
+
+    @app.get("/after-outside-stall")
+    async def after_outside_stall(outside: float = 0.15, seconds: float = 0.6) -> str:
+        # A callback blocks first, then this handler, in the same loop iteration: no
+        # heartbeat runs between them, so the watchdog sees one stall.
+        asyncio.get_running_loop().call_soon(stall_outside_request, outside)
+        await asyncio.sleep(0)
+        blocking_work(seconds)
+        return "ok"
 
     @app.get("/block-in-span")
     async def block_in_span(seconds: float = 0.4) -> dict[str, float]:
