@@ -24,6 +24,9 @@ from .apps.inprocess import Instrument, Probe, Providers, build_fastapi, culprit
 from .server import wait_until
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+NEEDS_UVLOOP = pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+LOOPS = ["asyncio", pytest.param("uvloop", marks=NEEDS_UVLOOP)]
+"""``--loop`` values for tests that start uvicorn in a subprocess."""
 
 SPAN_WAIT_S = 5.0
 """How long a test waits for the watchdog thread to emit a ``loop.blocked`` span."""

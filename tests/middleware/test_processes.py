@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .conftest import LOOPS, NEEDS_UVLOOP
 from .server import (
     HTTP_TIMEOUT_S,
     Samples,
@@ -46,7 +47,11 @@ def try_scrape(url: str) -> Samples | None:
 
 @pytest.mark.parametrize(
     ("loop", "configured_by"),
-    [("asyncio", "option"), ("uvloop", "environment"), ("asyncio", "environment-sdk")],
+    [
+        ("asyncio", "option"),
+        pytest.param("uvloop", "environment", marks=NEEDS_UVLOOP),
+        ("asyncio", "environment-sdk"),
+    ],
 )
 def test_scrape_answers_during_a_stall(loop: str, configured_by: str, tmp_path: Path) -> None:
     """While a request holds the loop in ``time.sleep(2)``, the metrics port answers and
@@ -109,7 +114,7 @@ def test_scrape_answers_during_a_stall(loop: str, configured_by: str, tmp_path: 
     assert sample_total(after, BLOCK_COUNT, **route, loopwatch_cause="blocking") == 1
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_two_workers_serve_their_own_metrics(loop: str, tmp_path: Path) -> None:
     """``--workers 2`` with a port range: one metrics port per worker, each watching its loop."""
     port, first = free_port(), free_port_pair()

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from loopwatch.instrumentation import LoopWatchInstrumentor
 
 from .apps.inprocess import THRESHOLD_S
-from .conftest import Otel
+from .conftest import LOOPS, Otel
 from .server import (
     HTTP_TIMEOUT_S,
     child_environ,
@@ -67,7 +67,7 @@ def test_instrumentor_inside_fastapi_instrumentation(
     assert point.count == 1
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_opentelemetry_instrument_uvicorn(loop: str, tmp_path: Path) -> None:
     """``opentelemetry-instrument uvicorn`` on an app without loopwatch code: the stall is
     logged naming the function and route, and counted on the metrics port."""
