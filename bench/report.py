@@ -66,13 +66,23 @@ def overhead_verdicts(groups: Sequence[dict[str, Any]]) -> tuple[str, str]:
         f"{_pct(worst_rps['rps_ratio'] - 1)} ({worst_rps['group']}; paired runs "
         f"{_pct(low - 1)} to {_pct(high - 1)}: other load dominates)"
     )
-    outside = [s["group"] for s in summaries if not s["p99_within_noise"]]
+    higher = [s["group"] for s in summaries if _p99_position(s) == "higher"]
+    lower = [s["group"] for s in summaries if _p99_position(s) == "lower"]
     p99 = (
-        "met (every median p99 with loopwatch lies within the spread of the runs without)"
-        if not outside
-        else f"outside the no-loopwatch spread in: {', '.join(outside)} (see table)"
+        "met: no median p99 with loopwatch is above the range of the runs without"
+        + (f" (below it in: {', '.join(lower)})" if lower else "")
+        if not higher
+        else f"MISSED: median p99 with loopwatch above the range without in: "
+        f"{', '.join(higher)} (see table)"
     )
     return rps, p99
+
+
+def _p99_position(summary: dict[str, Any]) -> str:
+    """Where the median p99 with loopwatch lies against the range of the runs without."""
+    low, high = summary["p99_off_spread"]
+    value = summary["p99_on"]
+    return "lower" if value < low else "higher" if value > high else "within"
 
 
 def micro_verdict(rows: Sequence[dict[str, Any]]) -> str:
@@ -265,7 +275,7 @@ def overhead_table(groups: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         "| app | loop | FastAPIInstrumentor | req/s without (min-max) | req/s with (min-max) "
         "| throughput change (paired min-max) | p99 ms without (min-max) | p99 ms with "
-        "| p99 within noise | server CPU µs/request without → with (change) "
+        "| p99 with vs. range without | server CPU µs/request without → with (change) "
         "| stalls reported / probe lags ≥ 70 ms (runs with loopwatch) | other load (cores) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -278,7 +288,7 @@ def overhead_table(groups: Sequence[dict[str, Any]]) -> list[str]:
             f"| {s['rps_on']:.0f} ({s['rps_on_spread'][0]:.0f}-{s['rps_on_spread'][1]:.0f}) "
             f"| {_pct(s['rps_ratio'] - 1)} ({_pct(lo - 1)} to {_pct(hi - 1)}) "
             f"| {_ms(s['p99_off'])} ({_ms(s['p99_off_spread'][0])}-{_ms(s['p99_off_spread'][1])}) "
-            f"| {_ms(s['p99_on'])} | {'yes' if s['p99_within_noise'] else 'no'} "
+            f"| {_ms(s['p99_on'])} | {_p99_position(s)} "
             f"| {s['cpu_off']:.0f} → {s['cpu_on']:.0f} ({_pct(s['cpu_ratio'] - 1)}) "
             f"| {s['stalls_reported']} / {s.get('lags_seen_with_loopwatch', '?')} "
             f"| {s['foreign_cpu_median']:.2f} |"
@@ -401,6 +411,8 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         "",
         "**Machine.** " + "; ".join(_machine_facts(m)),
         "",
+        f"**Code.** loopwatch, example and bench at commit `{_code(results)}`.",
+        "",
         "**loopwatch configuration.** Default everywhere (`threshold=0.1` s, "
         "`interval=threshold/10`, `measure_utilization=True`, `max_frames=64`), except where "
         "a table says otherwise. The `on_block` hook only counts stalls.",
@@ -417,6 +429,8 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         "|---|---|",
     ]
     out += goals(results)
+    for name, error in results.get("failed", {}).items():
+        out += ["", f"**Section `{name}` failed** in this run:", "", "```", error, "```"]
     if "overhead" in sections:
         out += overhead_section(results, figures)
     if "micro" in sections:
@@ -426,6 +440,13 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
     if "memory" in sections:
         out += memory_section(results, figures)
     return out
+
+
+def _code(results: Results) -> str:
+    code = results.get("code", {})
+    dirty = " (with uncommitted changes to loopwatch/ or example/)" if code.get(
+        "dirty") == "yes" else ""
+    return f"{code.get('commit', '?')}{dirty}"
 
 
 def _machine_facts(m: dict[str, str]) -> list[str]:
@@ -479,7 +500,8 @@ def goals(results: Results) -> list[str]:
             f" (time cap of {mem['time_cap_s']:.0f} s reached before {mem['target']:,})"
         )
         rows.append(
-            f"| Memory flat over one million requests | {mem['requests']:,} requests{short}: "
+            f"| Memory flat over {mem['target']:,} requests (goal: one million) "
+            f"| {mem['requests']:,} requests{short}: "
             f"RSS {mem['rss_warm_mib']:.1f} → {mem['rss_end_mib']:.1f} MiB after warm-up "
             f"(max {mem['rss_max_mib']:.1f}), {per_request:.1f} bytes per request; threads "
             f"{mem['threads_min']}-{mem['threads_max']} ({'met' if flat else 'MISSED'}) |"
@@ -510,7 +532,7 @@ def overhead_section(results: Results, figures: dict[str, str]) -> list[str]:
         "*With loopwatch*: `LoopWatchMiddleware` with the default configuration (as the "
         "example app ships it); *without*: no middleware at all. *FastAPIInstrumentor*: "
         "spans through a `BatchSpanProcessor` to an exporter that drops them. "
-        f"{_rounds_text(o['rounds'])} per row (hello 5, example 4), the order of the "
+        f"{_rounds_text(o['rounds'])} per row, the order of the "
         "configurations rotating every round. Every server also runs an independent lag "
         "probe (a 20 ms `asyncio.sleep` loop that logs every lag of 70 ms or more): a "
         "stall loopwatch reports is real if the probe saw it too.",
