@@ -3,8 +3,11 @@ under ``opentelemetry-instrument uvicorn`` with an app that has no loopwatch cod
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -67,19 +70,12 @@ def test_instrumentor_inside_fastapi_instrumentation(
     assert point.count == 1
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-def test_opentelemetry_instrument_uvicorn(loop: str, tmp_path: Path) -> None:
-    """``opentelemetry-instrument uvicorn`` on an app without loopwatch code: the stall is
-    logged naming the function and route, and counted on the metrics port."""
-    port, metrics_port = free_port(), free_port()
-    env = child_environ(
-        OTEL_TRACES_EXPORTER="console",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        LOOPWATCH_METRICS_PORT=str(metrics_port),
-        LOOPWATCH_THRESHOLD_MS="100",
-    )
-    argv = [
+HAVE_DISTRO = importlib.util.find_spec("opentelemetry.distro") is not None
+
+
+def instrumented_uvicorn(port: int, loop: str) -> list[str]:
+    """``opentelemetry-instrument uvicorn`` serving the app that has no loopwatch code."""
+    return [
         venv_script("opentelemetry-instrument"),
         venv_script("uvicorn"),
         "tests.middleware.apps.plain_fastapi:app",
@@ -90,6 +86,26 @@ def test_opentelemetry_instrument_uvicorn(loop: str, tmp_path: Path) -> None:
         "--loop",
         loop,
     ]
+
+
+def zero_code_environ(metrics_port: int) -> dict[str, str]:
+    return child_environ(
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        LOOPWATCH_METRICS_PORT=str(metrics_port),
+        LOOPWATCH_THRESHOLD_MS="100",
+    )
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_opentelemetry_instrument_uvicorn(loop: str, tmp_path: Path) -> None:
+    """``opentelemetry-instrument uvicorn`` on an app without loopwatch code: the stall is
+    logged naming the function and route, and counted on the metrics port."""
+    port, metrics_port = free_port(), free_port()
+    env = zero_code_environ(metrics_port)
+    argv = instrumented_uvicorn(port, loop)
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     with run_process(argv, env=env, log_path=tmp_path / "log") as server:
         wait_http_ok(f"http://127.0.0.1:{port}/health", server)
@@ -108,3 +124,62 @@ def test_opentelemetry_instrument_uvicorn(loop: str, tmp_path: Path) -> None:
     assert "in tests.middleware.apps.plain_fastapi.blocking_call (" in output
     assert "during GET /block/{item_id}" in output
     assert "Skipping FastAPI instrumentation" not in output
+
+
+def console_spans(output: str) -> list[dict[str, Any]]:
+    """The spans ``ConsoleSpanExporter`` printed (JSON objects) in ``output``."""
+    decoder = json.JSONDecoder()
+    spans: list[dict[str, Any]] = []
+    index = output.find("{")
+    while index != -1:
+        try:
+            value, end = decoder.raw_decode(output, index)
+        except json.JSONDecodeError:
+            index = output.find("{", index + 1)
+            continue
+        if isinstance(value, dict) and "context" in value and "name" in value:
+            spans.append(value)
+        index = output.find("{", end)
+    return spans
+
+
+@pytest.mark.skipif(not HAVE_DISTRO, reason="needs opentelemetry-distro (SDK set up by env)")
+def test_opentelemetry_instrument_with_distro_parents_the_span(tmp_path: Path) -> None:
+    """With the SDK configured by ``opentelemetry-distro``: the ``loop.blocked`` span printed
+    by the console exporter is a child of FastAPI's server span, and the metrics port still
+    counts the stall although ``OTEL_METRICS_EXPORTER=none`` set up a reader-less SDK."""
+    port, metrics_port = free_port(), free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    argv = instrumented_uvicorn(port, "asyncio")
+    with run_process(
+        argv, env=zero_code_environ(metrics_port), log_path=tmp_path / "log"
+    ) as server:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", server)
+        block = httpx.get(f"http://127.0.0.1:{port}/block/2?seconds=0.4", timeout=HTTP_TIMEOUT_S)
+        assert block.status_code == 200
+        wait_until(
+            lambda: (
+                sample_total(scrape(metrics_url), BLOCK_COUNT, http_route="/block/{item_id}") >= 1
+            ),
+            5.0,
+            "the stall on the metrics port",
+            detail=server.output,
+        )
+        wait_until(
+            lambda: any(span["name"] == "loop.blocked" for span in console_spans(server.output())),
+            5.0,
+            "the loop.blocked span on the console",
+            detail=server.output,
+        )
+        spans = console_spans(server.output())
+    [blocked] = [span for span in spans if span["name"] == "loop.blocked"]
+    [parent] = [
+        span
+        for span in spans
+        if span["kind"] == "SpanKind.SERVER"
+        and span["attributes"].get("http.route") == "/block/{item_id}"
+    ]
+    assert blocked["parent_id"] == parent["context"]["span_id"]
+    assert blocked["context"]["trace_id"] == parent["context"]["trace_id"]
+    assert blocked["attributes"]["code.function.name"].endswith("plain_fastapi.blocking_call")
+    assert blocked["attributes"]["http.request.method"] == "GET"
