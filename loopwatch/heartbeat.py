@@ -14,21 +14,17 @@ from time import monotonic, process_time, thread_time
 from typing import NamedTuple
 
 from .gc_clock import GC_CLOCK
-from .selector_clock import SelectorClock
 
 
 class Tick(NamedTuple):
     """One heartbeat: ``ran - due`` is the loop delay.
 
-    ``busy_start`` is when the loop's previous busy period began, on loops with a
-    :class:`SelectorClock`: after a stall, that is when the stall began. The three
-    counters let the watchdog tell, between two ticks, how much time went to garbage
-    collection, to the loop thread's CPU and to the whole process's CPU.
+    The three counters let the watchdog tell, between two ticks, how much time went to
+    garbage collection, to the loop thread's CPU and to the whole process's CPU.
     """
 
     due: float
     ran: float
-    busy_start: float | None
     gc_total: float
     thread_cpu: float
     process_cpu: float
@@ -41,12 +37,10 @@ class Heartbeat:
         self,
         loop: asyncio.AbstractEventLoop,
         interval: float,
-        clock: SelectorClock | None,
         wake_watchdog: threading.Event,
     ) -> None:
         self.loop = loop
         self.interval = interval
-        self.clock = clock
         self.ticks: deque[Tick] = deque(maxlen=4096)
         self.thread_id: int | None = None
         self.native_thread_id: int | None = None
@@ -83,12 +77,10 @@ class Heartbeat:
 
     def _tick(self) -> None:
         now = monotonic()
-        clock = self.clock
         self.ticks.append(
             Tick(
                 self._due,
                 now,
-                clock.last_busy_start if clock else None,
                 GC_CLOCK.total,
                 thread_time(),
                 process_time(),

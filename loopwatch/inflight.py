@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextvars
 from collections import deque
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
@@ -23,14 +23,19 @@ CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar
 
 @dataclass(eq=False)
 class Request:
-    """One HTTP request being served. ``started`` is a ``time.monotonic()`` reading."""
+    """One HTTP request being served. ``started`` is a ``time.monotonic()`` reading.
+
+    ``stall_delays`` maps each stall that held the request up (by number) to how long it
+    did; the watchdog and the request's own ending may both settle a stall, and the
+    first to do so wins (``dict.setdefault`` is atomic).
+    """
 
     method: str
     scope: MutableMapping[str, Any]
     started: float
     span: trace.Span | None
-    delayed_by: float = 0.0
     ended: float | None = None
+    stall_delays: dict[int, float] = field(default_factory=dict)
 
     @property
     def route(self) -> str | None:
@@ -39,9 +44,25 @@ class Request:
         path = getattr(route, "path_format", None) or getattr(route, "path", None)
         return path if isinstance(path, str) else None
 
+    @property
+    def delayed_by(self) -> float:
+        """Seconds this request was held up by stalls it did not cause."""
+        return sum(self.stall_delays.values())
 
-OpenStall = Callable[[], "tuple[float, Request | None] | None"]
-"""Start and culprit request of a stall the watchdog has seen but not closed yet."""
+    def settle(self, stall: int, seconds: float) -> None:
+        """Record what stall number ``stall`` cost this request, once, on its span too."""
+        self.stall_delays.setdefault(stall, max(0.0, seconds))
+        span = self.span
+        if span is not None and span.is_recording():
+            span.set_attribute("loopwatch.delayed_by", self.delayed_by)
+
+
+class OpenStall(NamedTuple):
+    """A stall the watchdog has seen and not finished reporting."""
+
+    number: int
+    start: float
+    culprit: Request | None
 
 
 class InflightRequests:
@@ -49,10 +70,10 @@ class InflightRequests:
 
     A request held up by a stall often finishes right after it, before the watchdog has
     closed the stall: it is kept among the recent ones so the stall still links it, and
-    :meth:`remove` counts the stall into its ``delayed_by`` while its span is still open.
+    :meth:`remove` settles the open stall's delay while its span is still open.
     """
 
-    def __init__(self, open_stall: OpenStall = lambda: None) -> None:
+    def __init__(self, open_stall: Callable[[], OpenStall | None] = lambda: None) -> None:
         self._requests: dict[int, Request] = {}
         self._recent: deque[Request] = deque(maxlen=256)
         self._open_stall = open_stall
@@ -61,22 +82,20 @@ class InflightRequests:
         self._requests[id(request)] = request
 
     def remove(self, request: Request) -> None:
-        """The request is done (on the loop thread): settle what stalls cost it."""
-        self._requests.pop(id(request), None)
+        """The request is done (on the loop thread): settle what an open stall cost it."""
         request.ended = now = monotonic()
-        self._recent.append(request)
+        self._recent.append(request)  # before leaving the in-flight set: never in neither
+        self._requests.pop(id(request), None)
         stall = self._open_stall()
-        if stall is not None and stall[1] is not request:
-            request.delayed_by += max(0.0, now - max(stall[0], request.started))
-        if request.delayed_by and request.span is not None and request.span.is_recording():
-            request.span.set_attribute("loopwatch.delayed_by", request.delayed_by)
+        if stall is not None and stall.culprit is not request:
+            request.settle(stall.number, now - max(stall.start, request.started))
 
     def delayed_by(self, start: float, end: float, culprit: Request | None) -> list[Request]:
         """Requests other than ``culprit`` that were in flight during ``[start, end]``."""
-        candidates = (*self._requests.values(), *self._recent)
+        candidates = {id(r): r for r in (*self._requests.values(), *self._recent)}
         return [
             request
-            for request in candidates
+            for request in candidates.values()
             if request is not culprit
             and request.started < end
             and (request.ended is None or request.ended > start)

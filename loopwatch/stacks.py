@@ -48,10 +48,16 @@ class CulpritFinder:
         self._verdicts: dict[tuple[str, str], int] = {}
 
     def culprit(self, sample: Sample) -> RawFrame | None:
-        """The culprit frame of ``sample``, or ``None`` if every frame is skipped."""
+        """The culprit frame of ``sample``, or ``None`` if every frame is skipped.
+
+        Frames from the one driving the event loop outwards (``run_until_complete`` and
+        its callers) ran the loop; they are never what blocked it.
+        """
         best: RawFrame | None = None
         best_rank = 0
         for frame in sample.frames:
+            if _drives_the_loop(frame.code.co_name, frame.module):
+                break
             rank = self._rank(frame)
             if rank == 3:
                 return frame
@@ -80,6 +86,15 @@ class CulpritFinder:
         if path.startswith(_SITE_PACKAGES) or f"{os.sep}site-packages{os.sep}" in path:
             return 2
         return 3
+
+
+_LOOP_DRIVERS = frozenset({"_run_once", "run_forever", "run_until_complete", "run"})
+_LOOP_MODULES = ("asyncio.base_events", "asyncio.runners", "uvloop")
+
+
+def _drives_the_loop(function: str, module: str) -> bool:
+    """Whether a frame runs the event loop itself (``run_until_complete`` and the like)."""
+    return function in _LOOP_DRIVERS and module.startswith(_LOOP_MODULES)
 
 
 def format_stack(sample: Sample, max_chars: int) -> tuple[str, bool]:

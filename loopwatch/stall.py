@@ -10,7 +10,7 @@ from opentelemetry import trace
 from .heartbeat import Tick
 from .inflight import Request
 from .sampler import RawFrame, Sample
-from .stacks import CulpritFinder, function_name
+from .stacks import function_name
 
 CPU = "cpu"
 BLOCKING = "blocking"
@@ -26,22 +26,27 @@ running (stopped, starved of CPU, a paused VM)."""
 
 @dataclass
 class TakenSample:
-    """A sample and whether the watchdog took it on time (not held off by the GIL)."""
+    """A sample, whether the watchdog took it on time (not held off by the GIL), and the
+    task that was running then: its name, its current span and its request."""
 
     sample: Sample
     culprit: RawFrame | None
     on_time: bool
+    task_name: str | None = None
+    span: trace.Span | None = None
+    request: Request | None = None
 
 
 @dataclass
 class Stall:
-    """One stall of the loop, from detection (or from the tick that revealed it) to its end."""
+    """One stall of the loop, from detection (or from the tick that revealed it) to its end.
+
+    ``number`` tells stalls of one watcher apart (requests record which they paid for).
+    """
 
     start: float
+    number: int = 0
     samples: list[TakenSample] = field(default_factory=list)
-    task_name: str | None = None
-    span: trace.Span | None = None
-    request: Request | None = None
     suppressed: bool = False
     watchdog_held_off: bool = False
     end: float | None = None
@@ -51,9 +56,6 @@ class Stall:
     @property
     def on_time_samples(self) -> list[TakenSample]:
         return [taken for taken in self.samples if taken.on_time]
-
-    def add_sample(self, sample: Sample, finder: CulpritFinder, on_time: bool) -> None:
-        self.samples.append(TakenSample(sample, finder.culprit(sample), on_time))
 
     def chosen_sample(self) -> TakenSample | None:
         """The on-time sample whose culprit was seen most often (the first one on a tie)."""
@@ -67,6 +69,26 @@ class Stall:
     def resumed_sample(self) -> TakenSample | None:
         """The first sample taken after the watchdog was held off (``gil`` stalls)."""
         return self.samples[0] if self.samples else None
+
+    @property
+    def _context_sample(self) -> TakenSample | None:
+        """Whose task the stall belongs to: the chosen sample's, else the first one's."""
+        return self.chosen_sample() or self.resumed_sample()
+
+    @property
+    def task_name(self) -> str | None:
+        taken = self._context_sample
+        return taken.task_name if taken else None
+
+    @property
+    def span(self) -> trace.Span | None:
+        taken = self._context_sample
+        return taken.span if taken else None
+
+    @property
+    def request(self) -> Request | None:
+        taken = self._context_sample
+        return taken.request if taken else None
 
     def classify(self, before: Tick, after: Tick) -> str:
         """Decide the cause from the counters of the ticks around the stall.

@@ -10,6 +10,7 @@ off by a C call that kept the GIL, or the process was not scheduled).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sys
 import threading
@@ -18,13 +19,14 @@ from time import monotonic
 
 from .config import Config
 from .heartbeat import Heartbeat, Tick
-from .inflight import Request, culprit_request
+from .inflight import OpenStall, culprit_request
 from .sampler import take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
-from .stall import BLOCKING, CPU, GIL, Stall
+from .stall import BLOCKING, CPU, GIL, Stall, TakenSample
 from .suppress import is_suppressed
 from .task_context import current_span_in, snapshot_task
+from .utilization import UtilizationClock
 
 logger = logging.getLogger("loopwatch")
 
@@ -65,6 +67,7 @@ class Watchdog:
         listener: StallListener,
         wake: threading.Event,
         on_crash: Callable[[BaseException], None],
+        utilization: UtilizationClock | None = None,
     ) -> None:
         self._loop = loop
         self._heartbeat = heartbeat
@@ -74,6 +77,7 @@ class Watchdog:
         self._on_crash = on_crash
         self._finder = CulpritFinder(config.skip_modules)
         self._tolerance = held_off_tolerance(config.threshold)
+        self.utilization = utilization
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
         self._stall: Stall | None = None
@@ -81,6 +85,7 @@ class Watchdog:
         self._last_tick: Tick | None = None
         self._held_off_until = 0.0
         self._paused = False
+        self._numbers = itertools.count(1)
         self._schedstat: ThreadSchedStat | None = None
         self._sched_before: SchedSnapshot | None = None
         self._sched_at_detection: SchedSnapshot | None = None
@@ -91,10 +96,10 @@ class Watchdog:
         stall = self._stall
         return max(0.0, monotonic() - stall.start) if stall is not None else 0.0
 
-    def open_stall(self) -> tuple[float, Request | None] | None:
-        """Start and culprit request of the stall seen live but not closed yet."""
+    def open_stall(self) -> OpenStall | None:
+        """The stall seen live and not yet fully reported, if any."""
         stall = self._stall
-        return (stall.start, stall.request) if stall is not None else None
+        return OpenStall(stall.number, stall.start, stall.request) if stall is not None else None
 
     def start(self) -> None:
         self._thread.start()
@@ -130,17 +135,16 @@ class Watchdog:
         last_ran = self._heartbeat.last_ran
         if last_ran is None or self._paused:
             return monotonic() + config.interval
-        stall = self._stall
-        if stall is not None:
+        if self._stall is not None:
             return self._next_sample_at
         return self._estimated_start(last_ran) + config.threshold
 
     def _estimated_start(self, last_ran: float) -> float:
-        """When a stall that began after the tick at ``last_ran`` most likely began."""
-        due = last_ran + self._config.interval
-        clock = self._heartbeat.clock
-        if clock is not None:
-            return min(max(last_ran, clock.busy_since), due)
+        """When a stall that began after the tick at ``last_ran`` most likely began.
+
+        It began before the next tick was due: the middle of that interval is off by at
+        most half an interval (5 ms at the default settings).
+        """
         return last_ran + self._config.interval / 2
 
     def _process_ticks(self) -> None:
@@ -153,6 +157,8 @@ class Watchdog:
                 self._paused = False
                 continue
             self._listener.on_tick(tick, max(0.0, tick.ran - tick.due))
+            if self.utilization is not None:
+                self.utilization.on_tick(tick)
             if before is not None:
                 self._close_stall(before, tick)
 
@@ -163,22 +169,23 @@ class Watchdog:
             start = self._tick_start(before, tick)
             if tick.ran - start < self._config.threshold:
                 return
-            stall = Stall(start=start)
+            stall = Stall(start=start, number=next(self._numbers))
             stall.watchdog_held_off = self._held_off_until > start
         else:
-            self._stall = None
-            self._heartbeat.watchdog_waiting = False
             stall.start = min(stall.start, self._tick_start(before, tick))
         stall.end = tick.ran
         stall.runnable_share = self._runnable_share(stall)
         stall.cause = stall.classify(before, tick)
+        if self.utilization is not None and stall.cause == BLOCKING:
+            self.utilization.add_blocked(tick.ran - stall.start)
         self._listener.on_stall_ended(stall, before, tick)
+        if self._stall is stall:  # still "open" while reported: requests ending meanwhile
+            self._stall = None  # settle it themselves (see InflightRequests.remove)
+            self._heartbeat.watchdog_waiting = False
 
     def _tick_start(self, before: Tick, tick: Tick) -> float:
         """The start of a stall that ``tick`` ended, from the ticks' own records."""
-        if tick.busy_start is not None:
-            return min(max(before.ran, tick.busy_start), tick.due)
-        return min(before.ran + self._config.interval / 2, tick.due)
+        return min(self._estimated_start(before.ran), tick.due)
 
     def _check(self, now: float, on_time: bool) -> None:
         stall = self._stall
@@ -195,10 +202,12 @@ class Watchdog:
         if not self._loop.is_running():
             self._paused = True
             return
+        if self._paused:
+            return  # the loop runs again: its first tick resets the reference point
         start = self._estimated_start(last_ran)
         if now - start < self._config.threshold:
             return
-        stall = Stall(start=start, watchdog_held_off=not on_time)
+        stall = Stall(start=start, number=next(self._numbers), watchdog_held_off=not on_time)
         self._sched_at_detection = self._read_schedstat()
         stall.cause = self._provisional_cause(on_time)
         self._heartbeat.watchdog_waiting = True
@@ -224,8 +233,7 @@ class Watchdog:
             return None
         if detected is not None and now.at - detected.at >= MIN_SCHED_WINDOW:
             return runnable_share(detected, now)
-        before = self._sched_before
-        return runnable_share(before, now) if before is not None else None
+        return None  # too short to trust: the ticks' CPU counters decide
 
     def _provisional_cause(self, on_time: bool) -> str:
         """The cause as far as it can be told while the stall goes on."""
@@ -241,13 +249,25 @@ class Watchdog:
             return
         sample = take_sample(thread_id, self._config.max_frames)
         task = snapshot_task(self._loop)
-        if not stall.samples:
-            stall.task_name = task.name
-            stall.span = current_span_in(task.context)
-            stall.request = culprit_request(task.context)
+        if self._loop_moved_on():
+            return  # the stall ended while we sampled: the stack no longer shows it
         stall.suppressed = stall.suppressed or is_suppressed(task.context, thread_id)
         if sample is not None:
-            stall.add_sample(sample, self._finder, on_time)
+            stall.samples.append(
+                TakenSample(
+                    sample,
+                    self._finder.culprit(sample),
+                    on_time,
+                    task.name,
+                    current_span_in(task.context),
+                    culprit_request(task.context),
+                )
+            )
+
+
+    def _loop_moved_on(self) -> bool:
+        """Whether the loop has run again (ticked, or gone idle in ``select()``)."""
+        return bool(self._heartbeat.ticks)
 
 
 def log_crash_once(error: BaseException) -> None:

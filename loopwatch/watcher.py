@@ -10,13 +10,13 @@ from types import TracebackType
 
 from opentelemetry import metrics, trace
 
-from . import selector_clock
 from .config import Config, resolve_config
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat
-from .inflight import InflightRequests, Request
+from .inflight import InflightRequests, OpenStall
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
+from .utilization import UtilizationClock
 from .watchdog import Watchdog, log_crash_once
 
 logger = logging.getLogger("loopwatch")
@@ -111,7 +111,7 @@ class LoopWatch:
         if parts is not None:
             parts.stop()
 
-    def _open_stall(self) -> tuple[float, Request | None] | None:
+    def _open_stall(self) -> OpenStall | None:
         parts = self._parts
         return parts.watchdog.open_stall() if parts is not None else None
 
@@ -142,12 +142,13 @@ class _Running:
 
     def __init__(self, owner: LoopWatch, loop: asyncio.AbstractEventLoop) -> None:
         config = owner.config
-        self.loop = loop
-        self.clock = selector_clock.install(loop) if config.measure_utilization else None
         wake = threading.Event()
-        self.heartbeat = Heartbeat(loop, config.interval, self.clock, wake)
+        self.heartbeat = Heartbeat(loop, config.interval, wake)
         self.metrics = metrics_for(owner._meter_provider)
-        self.gauges = LoopGauges(self.heartbeat, lambda: self.watchdog.ongoing_stall_seconds)
+        utilization = UtilizationClock() if config.measure_utilization else None
+        self.gauges = LoopGauges(
+            self.heartbeat, lambda: self.watchdog.ongoing_stall_seconds, utilization
+        )
         self.reporter = Reporter(
             config,
             self.heartbeat,
@@ -157,7 +158,9 @@ class _Running:
             owner.inflight,
             owner._on_block,
         )
-        self.watchdog = Watchdog(loop, self.heartbeat, config, self.reporter, wake, log_crash_once)
+        self.watchdog = Watchdog(
+            loop, self.heartbeat, config, self.reporter, wake, log_crash_once, utilization
+        )
         self.metrics.add_loop(self.gauges)
         GC_CLOCK.acquire()
         self.heartbeat.start()
@@ -169,5 +172,3 @@ class _Running:
         self.reporter.close()
         self.metrics.remove_loop(self.gauges)
         GC_CLOCK.release()
-        if self.clock is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(selector_clock.uninstall, self.loop, self.clock)

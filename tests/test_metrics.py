@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +22,7 @@ from .conftest import Telemetry
 Run = Callable[[Callable[[], Awaitable[Any]]], Any]
 
 
-def test_delay_histogram_and_stall_histogram(run: Run, telemetry: Telemetry, loop_kind: str) -> None:
+def test_delay_histogram_and_stall_histogram(run: Run, telemetry: Telemetry) -> None:
     async def scenario() -> dict[str, list[Any]]:
         async with loopwatch.LoopWatch(0.1, meter_provider=telemetry.meter_provider):
             await asyncio.sleep(0.3)
@@ -38,13 +40,40 @@ def test_delay_histogram_and_stall_histogram(run: Run, telemetry: Telemetry, loo
     assert 0.28 <= stall.sum <= 0.35
     assert stall.explicit_bounds[0] == 0.05
     assert points["asyncio.eventloop.block.ongoing"][0].value == 0.0
-    if loop_kind == "asyncio":
+    time_points = points["asyncio.eventloop.time"]
+    states = {dict(point.attributes)["asyncio.eventloop.state"] for point in time_points}
+    assert states == {"active", "idle"}
+
+
+def test_utilization_is_the_share_of_time_spent_running_callbacks(
+    run: Run, telemetry: Telemetry
+) -> None:
+    rng = random.Random(3)
+
+    async def scenario() -> tuple[float, dict[str, float]]:
+        async with loopwatch.LoopWatch(0.1, meter_provider=telemetry.meter_provider):
+            await asyncio.sleep(0.1)
+            telemetry.metrics()  # start a fresh measurement window
+            busy = 0.0
+            started = time.perf_counter()
+            while time.perf_counter() - started < 2.0:
+                spin = rng.uniform(0.001, 0.005)
+                workloads.spin(spin)
+                busy += spin
+                await asyncio.sleep(rng.uniform(0.001, 0.005))
+            share = busy / (time.perf_counter() - started)
+            points = telemetry.metrics()
         (utilization,) = points["asyncio.eventloop.utilization"]
-        assert 0.2 <= utilization.value <= 1.0
-        states = {dict(p.attributes)["asyncio.eventloop.state"] for p in points["asyncio.eventloop.time"]}
-        assert states == {"active", "idle"}
-    else:
-        assert "asyncio.eventloop.utilization" not in points, "uvloop has no selector to time"
+        times = {
+            dict(p.attributes)["asyncio.eventloop.state"]: p.value
+            for p in points["asyncio.eventloop.time"]
+        }
+        return utilization.value - share, times
+
+    error, times = run(scenario)
+    assert abs(error) <= 0.1, f"utilization off by {error:+.2f}"
+    assert times["active"] > 0.5
+    assert times["idle"] > 0.5
 
 
 def test_ongoing_gauge_is_read_off_the_loop_while_it_is_stuck(
@@ -66,7 +95,8 @@ def test_ongoing_gauge_is_read_off_the_loop_while_it_is_stuck(
             await asyncio.sleep(0.1)
 
     run(scenario)
-    assert seen and 0.3 <= seen[0] <= 0.8
+    assert seen
+    assert 0.3 <= seen[0] <= 0.8
 
 
 def test_prometheus_names_as_rendered_by_the_opentelemetry_exporter() -> None:
@@ -105,7 +135,8 @@ def test_prometheus_names_as_rendered_by_the_opentelemetry_exporter() -> None:
         "asyncio_eventloop_time_seconds_total",
     ):
         assert name in samples, f"{name} missing from:\n{text}"
-    assert samples["asyncio_eventloop_block_duration_seconds_count"].labels["loopwatch_cause"] == "cpu"
+    stall_count = samples["asyncio_eventloop_block_duration_seconds_count"]
+    assert stall_count.labels["loopwatch_cause"] == "cpu"
 
 
 @pytest.mark.parametrize("kind", ["histogram", "gauge"])
@@ -134,5 +165,6 @@ def test_instruments_are_shared_by_loops_on_one_provider(telemetry: Telemetry, k
     if kind == "histogram":
         assert len(points["asyncio.eventloop.delay"]) == 1
     else:
-        names = {dict(p.attributes)["thread.name"] for p in points["asyncio.eventloop.block.ongoing"]}
+        ongoing = points["asyncio.eventloop.block.ongoing"]
+        names = {dict(point.attributes)["thread.name"] for point in ongoing}
         assert names == {"loop-0", "loop-1"}

@@ -16,6 +16,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .._version import __version__
 from ..heartbeat import Heartbeat
+from ..utilization import UtilizationClock
 
 DELAY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -26,12 +27,17 @@ BLOCK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 class LoopGauges:
     """The per-loop state behind the observable instruments."""
 
-    def __init__(self, heartbeat: Heartbeat, ongoing_seconds: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        heartbeat: Heartbeat,
+        ongoing_seconds: Callable[[], float],
+        utilization: UtilizationClock | None,
+    ) -> None:
         self._heartbeat = heartbeat
-        self.clock = heartbeat.clock
         self.ongoing_seconds = ongoing_seconds
+        self.utilization = utilization
         self._max_delay = 0.0
-        self._last_totals = self.clock.totals() if self.clock else (0.0, 0.0)
+        self._last_totals = (0.0, 0.0)
 
     @property
     def thread_name(self) -> str:
@@ -47,9 +53,9 @@ class LoopGauges:
 
     def take_utilization(self) -> float | None:
         """Share of time the loop was busy since the previous call (``None`` if unknown)."""
-        if self.clock is None:
+        if self.utilization is None:
             return None
-        active, idle = self.clock.totals()
+        active, idle = self.utilization.totals()
         last_active, last_idle = self._last_totals
         self._last_totals = (active, idle)
         spent = (active - last_active) + (idle - last_idle)
@@ -121,9 +127,9 @@ class LoopMetrics:
 
     def _observe_time(self, options: CallbackOptions) -> Iterable[Observation]:
         for loop in list(self._loops):
-            if loop.clock is None:
+            if loop.utilization is None:
                 continue
-            active, idle = loop.clock.totals()
+            active, idle = loop.utilization.totals()
             name = loop.thread_name
             yield Observation(active, {"asyncio.eventloop.state": "active", "thread.name": name})
             yield Observation(idle, {"asyncio.eventloop.state": "idle", "thread.name": name})

@@ -77,11 +77,7 @@ class Reporter(StallListener):
             return
         delayed = self._inflight.delayed_by(stall.start, end, request)
         for victim in delayed:
-            if victim.ended is not None:
-                continue  # finished already: InflightRequests.remove counted this stall
-            victim.delayed_by += end - max(stall.start, victim.started)
-            if victim.span is not None and victim.span.is_recording():
-                victim.span.set_attribute("loopwatch.delayed_by", victim.delayed_by)
+            victim.settle(stall.number, end - max(stall.start, victim.started))
         description = describe(stall, self._config, self._thread(), request, len(delayed))
         decision = self._reported.pop(id(stall), None)
         if decision is None:
