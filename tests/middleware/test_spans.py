@@ -237,14 +237,6 @@ def test_raw_asgi_app(loop_name: str, traced: bool, otel: Otel) -> None:
     assert dict(point.attributes) == {"loopwatch.cause": "blocking", "http.request.method": "GET"}
 
 
-@pytest.mark.xfail(
-    reason="race in loopwatch (inflight.py/reporter.py/watchdog.py, after 221d14d): the "
-    "watchdog clears its open stall before the reporter checks victim.ended, so a victim "
-    "ending in between is settled by neither InflightRequests.remove (no open stall) nor the "
-    "reporter (ended is set): it loses loopwatch.delayed_by; a victim between the pop from "
-    "_requests and the append to _recent is missed entirely. About 1 run in 6.",
-    strict=False,
-)
 def test_victims_that_finish_right_after_the_stall(
     loop_name: str, otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
 ) -> None:
@@ -272,14 +264,6 @@ def test_victims_that_finish_right_after_the_stall(
         assert float(attrs(victim)["loopwatch.delayed_by"]) > STALL_S - 0.1  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    reason="loopwatch bug (watchdog.py Watchdog._sample): a stall's task, span and request "
-    "come from its first sample, its culprit from the most sampled frame. When a stall "
-    "outside any request runs straight into a request's stall (no heartbeat between), the "
-    "span names the request's function but is a root span without route or method, and "
-    "links the request's own server span as delayed.",
-    strict=False,
-)
 def test_stall_merged_with_a_preceding_one(
     loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
 ) -> None:
