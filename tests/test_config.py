@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 
 import pytest
@@ -49,21 +50,37 @@ def test_keyword_arguments_win_over_the_environment() -> None:
     ("environ", "options", "expected"),
     [
         ({"LOOPWATCH_THRESHOLD_MS": "fast"}, {}, "LOOPWATCH_THRESHOLD_MS='fast' is not a number"),
-        ({"LOOPWATCH_THRESHOLD_MS": "-5"}, {}, "LOOPWATCH_THRESHOLD_MS=-5 is out of range; accepted: 1 to 3.6e+06 ms"),
+        (
+            {"LOOPWATCH_THRESHOLD_MS": "-5"},
+            {},
+            "LOOPWATCH_THRESHOLD_MS=-5 is out of range; accepted: 1 to 3.6e+06 ms",
+        ),
         ({}, {"threshold": -1}, "threshold=-1 is out of range; accepted: 0.001 to 3600 s"),
         ({}, {"threshold": "0.1"}, "threshold='0.1' is not a number"),
-        ({"LOOPWATCH_INTERVAL_MS": "200"}, {}, "LOOPWATCH_INTERVAL_MS=200 must be smaller than the threshold"),
-        ({}, {"threshold": 0.1, "interval": 0.1}, "interval=0.1 must be smaller than the threshold"),
+        (
+            {"LOOPWATCH_INTERVAL_MS": "200"},
+            {},
+            "LOOPWATCH_INTERVAL_MS=200 must be smaller than the threshold",
+        ),
+        (
+            {},
+            {"threshold": 0.1, "interval": 0.1},
+            "interval=0.1 must be smaller than the threshold",
+        ),
         ({"LOOPWATCH_ENABLED": "maybe"}, {}, "LOOPWATCH_ENABLED='maybe' is not a boolean"),
         ({"LOOPWATCH_MAX_FRAMES": "1.5"}, {}, "LOOPWATCH_MAX_FRAMES='1.5' is not a whole number"),
         ({}, {"dump_after": 0.05}, "dump_after=0.05 must be 0 (off) or larger than the threshold"),
-        ({}, {"skip_modules": "asyncio"}, "skip_modules='asyncio' must be a sequence of module names"),
+        (
+            {},
+            {"skip_modules": "asyncio"},
+            "skip_modules='asyncio' must be a sequence of module names",
+        ),
     ],
 )
 def test_invalid_values_name_the_option_value_and_range(
     environ: dict[str, str], options: dict[str, object], expected: str
 ) -> None:
-    with pytest.raises(ValueError, match="^" + __import__("re").escape(expected)):
+    with pytest.raises(ValueError, match="^" + re.escape(expected)):
         resolve_config(environ, **options)
 
 

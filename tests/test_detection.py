@@ -75,7 +75,8 @@ def test_stall_on_the_loop_is_found_with_culprit_cause_and_duration(
     assert event.samples >= 1
     assert abs(event.duration - took) <= duration_tolerance(took), (event.duration, took)
     assert "Traceback (most recent call last):" in event.stack
-    assert event.end is not None and event.end > event.start
+    assert event.end is not None
+    assert event.end > event.start
 
 
 def test_offender_is_the_innermost_frame_even_in_library_code(
@@ -94,7 +95,8 @@ def test_offender_is_the_innermost_frame_even_in_library_code(
     events, _ = run(lambda: watch_while(telemetry, encode))
 
     event = only_stall(events)
-    assert event.culprit is not None and event.culprit.function.endswith("encode")
+    assert event.culprit is not None
+    assert event.culprit.function.endswith("encode")
     assert event.offender is not None
     assert event.offender.function.startswith("json."), event.offender
 

@@ -148,10 +148,13 @@ def test_hook_sees_the_stall_while_it_lasts_then_when_it_ends() -> None:
 
     asyncio.run(main())
     ongoing, finished = events
-    assert ongoing.ongoing and ongoing.end is None
+    assert ongoing.ongoing
+    assert ongoing.end is None
     assert 0.1 <= ongoing.duration < 0.2
-    assert ongoing.culprit is not None and ongoing.culprit.function == "tests.workloads.spin"
-    assert not finished.ongoing and finished.duration == pytest.approx(0.4, abs=0.02)
+    assert ongoing.culprit is not None
+    assert ongoing.culprit.function == "tests.workloads.spin"
+    assert not finished.ongoing
+    assert finished.duration == pytest.approx(0.4, abs=0.02)
     with pytest.raises(AttributeError):
         finished.duration = 0  # type: ignore[misc]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import random
 import socket
 import threading
@@ -56,7 +57,7 @@ class Node:
 def build_cycles(count: int) -> None:
     """Leave ``count`` nodes in reference cycles for the collector (gc disabled meanwhile)."""
     nodes = [Node() for _ in range(count)]
-    for left, right in zip(nodes, nodes[1:], strict=False):
+    for left, right in itertools.pairwise(nodes):
         left.next = right
         right.prev = left
     nodes[-1].next = nodes[0]
