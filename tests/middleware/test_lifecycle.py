@@ -155,3 +155,23 @@ def test_without_lifespan_the_closed_loop_stops_being_reported(
 def is_running_in_registry(loop: asyncio.AbstractEventLoop) -> bool:
     watcher = registry._watchers.get(loop)
     return watcher is not None and watcher.running
+
+
+def test_disabled_by_environment(
+    loop_name: str,
+    otel: Otel,
+    fastapi_app: Callable[..., FastAPI],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``LOOPWATCH_ENABLED=0``: the middleware starts nothing and reports nothing."""
+    monkeypatch.setenv("LOOPWATCH_ENABLED", "0")
+    baseline = watchdog_threads()
+    app = fastapi_app(instrument="after")
+    with serve_in_thread(app, loop=loop_name) as server:
+        assert get(f"{server.url}/block/1?seconds=0.3").status_code == 200
+        assert server.loop not in registry._watchers
+        assert watchdog_threads() == baseline
+        route = "/block/{item_id}"  # the request itself is traced as usual
+        wait_until(lambda: len(otel.server_spans(route)) == 1, 5.0, "the server span")
+    assert not [span for span in otel.spans() if span.name == "loop.blocked"]
+    assert not otel.metric_points("asyncio.eventloop.block.duration")

@@ -3,6 +3,7 @@ of several workers serves its own loop's metrics on its own port."""
 
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -137,3 +138,29 @@ def test_two_workers_serve_their_own_metrics(loop: str, tmp_path: Path) -> None:
         assert sample_total(samples, DELAY_COUNT) > 0, url
         assert ONGOING in samples
     assert server.output().count("Started server process") == 2
+
+
+def test_metrics_port_in_use_does_not_stop_the_app(tmp_path: Path) -> None:
+    """A taken metrics port is logged; the app serves and its stalls are still reported."""
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics_port = taken.getsockname()[1]
+        env = child_environ(MIDDLEWARE_TEST_METRICS_PORT=str(metrics_port))
+        with run_process(
+            uvicorn_argv(port, "asyncio"), env=env, log_path=tmp_path / "log"
+        ) as server:
+            wait_http_ok(f"http://127.0.0.1:{port}/health", server)
+            blocked = httpx.get(f"http://127.0.0.1:{port}/block?seconds=0.3", timeout=10)
+            assert blocked.status_code == 200
+            wait_until(
+                lambda: "event loop blocked for" in server.output(),
+                5.0,
+                "the stall to be logged",
+                detail=server.output,
+            )
+            output = server.output()
+    not_started = "loopwatch metrics server not started: cannot serve metrics on 127.0.0.1"
+    assert f"{not_started} port(s) {metrics_port}-{metrics_port}" in output
+    assert "in tests.middleware.apps.served.blocking_call" in output
