@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import weakref
 from typing import Any
 
 from .watcher import LoopWatch
 
-_watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWatch] = (
-    weakref.WeakKeyDictionary()
-)
-_users: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+_watchers: dict[asyncio.AbstractEventLoop, LoopWatch] = {}
+_users: dict[asyncio.AbstractEventLoop, int] = {}
 _lock = threading.RLock()
 
 
@@ -24,6 +21,7 @@ def watch(loop: asyncio.AbstractEventLoop | None = None, **config: Any) -> LoopW
     """
     loop = _resolve(loop)
     with _lock:
+        _forget_closed_loops()
         watcher = _watchers.get(loop)
         if watcher is None or (not watcher.running and watcher.config.enabled):
             watcher = LoopWatch(**config)
@@ -62,6 +60,13 @@ def _resolve(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoo
         raise RuntimeError(
             "loopwatch.watch() needs a loop: call it from a coroutine, or pass the loop"
         ) from None
+
+
+def _forget_closed_loops() -> None:
+    """Drop the entries of loops closed without a release (their watchers stopped)."""
+    for closed in [loop for loop in _watchers if loop.is_closed()]:
+        _watchers.pop(closed).stop()
+        _users.pop(closed, None)
 
 
 def _forget_all_in_child() -> None:

@@ -57,7 +57,8 @@ class StallListener:
 
 
 class Watchdog:
-    """One thread per watched loop."""
+    """One thread per watched loop. ``on_exit`` is called (from the thread) if it ends on its
+    own: when the loop was closed without ``stop()``, or after an internal error."""
 
     def __init__(
         self,
@@ -66,7 +67,7 @@ class Watchdog:
         config: Config,
         listener: StallListener,
         wake: threading.Event,
-        on_crash: Callable[[BaseException], None],
+        on_exit: Callable[[BaseException | None], None],
         utilization: UtilizationClock | None = None,
     ) -> None:
         self._loop = loop
@@ -74,7 +75,7 @@ class Watchdog:
         self._config = config
         self._listener = listener
         self._wake = wake
-        self._on_crash = on_crash
+        self._on_exit = on_exit
         self._finder = CulpritFinder(config.skip_modules)
         self._tolerance = held_off_tolerance(config.threshold)
         self.utilization = utilization
@@ -112,6 +113,7 @@ class Watchdog:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        error: BaseException | None = None
         try:
             while not self._stopping.is_set() and not self._loop.is_closed():
                 intended = self._next_wake()
@@ -127,8 +129,10 @@ class Watchdog:
                 if self._stall is None:
                     self._sched_before = self._read_schedstat()
             self._process_ticks()  # a stall that ended just before stop() is still reported
-        except BaseException as error:  # the watchdog must never take the app down
-            self._on_crash(error)
+        except BaseException as exc:  # the watchdog must never take the app down
+            error = exc
+        if not self._stopping.is_set():  # the loop closed, or an internal error
+            self._on_exit(error)
 
     def _next_wake(self) -> float:
         config = self._config
@@ -270,6 +274,3 @@ class Watchdog:
         return bool(self._heartbeat.ticks)
 
 
-def log_crash_once(error: BaseException) -> None:
-    """Default crash handler: one ERROR with the traceback."""
-    logger.error("loopwatch watchdog stopped after an internal error", exc_info=error)

@@ -17,7 +17,7 @@ from .inflight import InflightRequests, OpenStall
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
 from .utilization import UtilizationClock
-from .watchdog import Watchdog, log_crash_once
+from .watchdog import Watchdog
 
 logger = logging.getLogger("loopwatch")
 
@@ -111,6 +111,12 @@ class LoopWatch:
         if parts is not None:
             parts.stop()
 
+    def _watchdog_exited(self, error: BaseException | None) -> None:
+        """The loop closed without ``stop()`` (or the watchdog failed): tear down quietly."""
+        if error is not None:
+            logger.error("loopwatch watchdog stopped after an internal error", exc_info=error)
+        self.stop()
+
     def _open_stall(self) -> OpenStall | None:
         parts = self._parts
         return parts.watchdog.open_stall() if parts is not None else None
@@ -159,7 +165,7 @@ class _Running:
             owner._on_block,
         )
         self.watchdog = Watchdog(
-            loop, self.heartbeat, config, self.reporter, wake, log_crash_once, utilization
+            loop, self.heartbeat, config, self.reporter, wake, owner._watchdog_exited, utilization
         )
         self.metrics.add_loop(self.gauges)
         GC_CLOCK.acquire()

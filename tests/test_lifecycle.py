@@ -201,7 +201,10 @@ def test_forked_child_starts_clean_and_watches_its_own_loop() -> None:
         result = await asyncio.to_thread(queue.get, True, 20)
         await asyncio.to_thread(child.join, 20)
         assert child.exitcode == 0
-        assert result == (0, [("blocking", f"tests.workloads.nap ({workloads.__file__}:21)")])
+        inherited, stalls = result
+        assert inherited == 0
+        assert [cause for cause, _ in stalls] == ["blocking"]
+        assert stalls[0][1].startswith(f"tests.workloads.nap ({workloads.__file__}:")
         loopwatch.watch().stop()
 
     asyncio.run(parent())

@@ -129,13 +129,6 @@ def test_failed_startup_releases_the_watcher(loop_name: str) -> None:
     assert watchdog_threads() == baseline
 
 
-@pytest.mark.xfail(
-    reason="loopwatch bug (watchdog.py/watcher.py): without lifespan nothing stops the watcher; "
-    "when the loop closes the watchdog thread just returns, so the registry keeps a 'running' "
-    "LoopWatch for the closed loop, its GC clock stays acquired and its gauges keep reporting "
-    "the dead loop's thread.",
-    strict=False,
-)
 def test_without_lifespan_the_closed_loop_stops_being_reported(
     loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
 ) -> None:
