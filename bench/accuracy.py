@@ -90,6 +90,14 @@ class CaseResult:
         return self.culprit in (None, self.expected_culprit)
 
     @property
+    def culprit_verdict(self) -> str:
+        """``right``; ``no sample`` (a sampleable stall that ended before the watchdog's
+        first sample, so it has no culprit); or ``wrong`` (a culprit that is not the stall's)."""
+        if self.culprit_ok:
+            return "right"
+        return "no sample" if self.culprit is None and self.samples == 0 else "wrong"
+
+    @property
     def error_ok(self) -> bool:
         return self.error is not None and abs(self.error) <= tolerance(self.true)
 
