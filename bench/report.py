@@ -157,9 +157,9 @@ def plot_overhead(results: Results, path: Path) -> None:
         ax.set_title(title + "\n(ratio of medians; bars: spread of the paired ratios)",
                      fontsize=10)  # fmt: skip
         ax.set_ylabel("ratio")
-        low = min(min(values) - max(lows, default=0), 0.9)
-        high = max(max(values) + max(highs, default=0), 1.1)
-        ax.set_ylim(low, high)
+        low = min([v - d for v, d in zip(values, lows, strict=True)] + [0.9])
+        high = max([v + d for v, d in zip(values, highs, strict=True)] + [1.1])
+        ax.set_ylim(max(0.0, low - 0.02), high + 0.02)
     o = results["overhead"]
     fig.suptitle(
         f"Overhead under load: uvicorn (1 worker) + FastAPI, wrk -t1 (hello: -c32 GET /, "
