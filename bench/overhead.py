@@ -6,7 +6,7 @@ with a warm-up load that is not measured. Medians of throughput, p99 latency and
 CPU per request are compared; the spread of the paired ratios shows the noise.
 
 Configurations: ``off`` (no loopwatch at all), ``middleware`` (``LoopWatchMiddleware``,
-default configuration: what the example app ships) and, for the hello-world app without
+default configuration: what the example app ships) and, for both apps without
 OpenTelemetry, ``watch`` (``loopwatch.watch()`` only: heartbeat, watchdog, no middleware),
 which splits the cost between the watcher and the per-request middleware.
 """
@@ -47,7 +47,7 @@ class Group:
 
     @property
     def configs(self) -> tuple[str, ...]:
-        if self.app == "hello" and not self.otel:
+        if not self.otel:
             return (OFF, MIDDLEWARE, WATCH)
         return (OFF, MIDDLEWARE)
 

@@ -689,17 +689,17 @@ def overhead_section(results: Results, figures: dict[str, str]) -> list[str]:
             "",
             "### Where the cost is",
             "",
-            "Hello-world app without OpenTelemetry, a third configuration in the same "
-            "rotation: `loopwatch.watch()` started on the serving loop (heartbeat, watchdog, "
+            "Both apps without OpenTelemetry, a third configuration in the same rotation: "
+            "`loopwatch.watch()` started on the serving loop (heartbeat, watchdog, "
             "`select()` timing on the stdlib loop) without `LoopWatchMiddleware`. Server "
-            "CPU per request, median (min-max):",
+            "CPU per request in µs, median (min-max):",
             "",
-            "| loop | no loopwatch | watcher only | LoopWatchMiddleware (default) |",
-            "|---|---|---|---|",
+            "| app | loop | no loopwatch | watcher only | LoopWatchMiddleware (default) |",
+            "|---|---|---|---|---|",
         ]
         for s in watch:
             out.append(
-                f"| {s['loop']} | {s['cpu_off']:.1f} ({s['cpu_off_spread'][0]:.0f}-"
+                f"| {s['app']} | {s['loop']} | {s['cpu_off']:.1f} ({s['cpu_off_spread'][0]:.0f}-"
                 f"{s['cpu_off_spread'][1]:.0f}) | {s['cpu_watch']:.1f} "
                 f"({s['cpu_watch_spread'][0]:.0f}-{s['cpu_watch_spread'][1]:.0f}; "
                 f"{_pct(s['cpu_watch_ratio'] - 1)}) | {s['cpu_on']:.1f} "
