@@ -21,7 +21,7 @@ CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     """One HTTP request being served. ``started`` is a ``time.monotonic()`` reading.
 
@@ -34,6 +34,7 @@ class Request:
     scope: MutableMapping[str, Any]
     started: float
     span: trace.Span | None
+    inflight: InflightRequests | None = None
     ended: float | None = None
     stall_delays: dict[int, float] = field(default_factory=dict)
 

@@ -10,7 +10,6 @@ through untouched; nothing is added to responses.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import monotonic
@@ -20,7 +19,7 @@ from opentelemetry import metrics, trace
 
 from . import registry
 from .config import resolve_config
-from .inflight import CURRENT_REQUEST, Request
+from .inflight import CURRENT_REQUEST, InflightRequests, Request
 from .metrics_server import requested_server, start_metrics_server
 from .reporting.reporter import BlockHook
 from .watcher import LoopWatch
@@ -109,7 +108,7 @@ class LoopWatchMiddleware:
             await asyncio.sleep(0)
         span = trace.get_current_span()
         outer = CURRENT_REQUEST.get()
-        if outer is not None and _SERVED_ON.get() is loop:
+        if outer is not None and outer.inflight is watcher.inflight:
             await self._serve_nested(outer, span, scope, receive, send)
             return
         request = Request(
@@ -117,31 +116,20 @@ class LoopWatchMiddleware:
             scope=scope,
             started=monotonic(),
             span=span if span.is_recording() else None,
+            inflight=watcher.inflight,
         )
-        watcher.inflight.add(request)
+        inflight = watcher.inflight
+        inflight.add(request)
         token = CURRENT_REQUEST.set(request)
-        loop_token = _SERVED_ON.set(loop)
-        state = {"trailers": False, "done": False}
-
-        async def send_and_settle(message: Message) -> None:
-            # Tracing middlewares end the server span when the response is complete, before
-            # the app returns: settle the request (its share of an open stall goes on its
-            # span) just before the message that completes the response.
-            kind = message.get("type")
-            if kind == "http.response.start":
-                state["trailers"] = bool(message.get("trailers", False))
-            elif not state["done"] and _completes_response(message, state["trailers"]):
-                state["done"] = True
-                watcher.inflight.remove(request)
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_and_settle)
+            if request.span is None:
+                await self.app(scope, receive, send)
+            else:
+                await self.app(scope, receive, _settle_before_completion(request, inflight, send))
         finally:
-            _SERVED_ON.reset(loop_token)
             CURRENT_REQUEST.reset(token)
-            if not state["done"]:
-                watcher.inflight.remove(request)
+            if request.ended is None:
+                inflight.remove(request)
 
     async def _serve_nested(
         self, outer: Request, span: trace.Span, scope: Scope, receive: Receive, send: Send
@@ -215,6 +203,26 @@ class LoopWatchMiddleware:
             registry.release(loop)
 
 
+def _settle_before_completion(request: Request, inflight: InflightRequests, send: Send) -> Send:
+    """Wrap ``send`` so the request is settled just before its response completes.
+
+    Tracing middlewares end the server span when the response is complete, before the app
+    returns: settling then puts the request's share of an open stall on its span.
+    """
+    trailers = False
+
+    async def send_and_settle(message: Message) -> None:
+        nonlocal trailers
+        kind = message.get("type")
+        if kind == "http.response.start":
+            trailers = bool(message.get("trailers", False))
+        elif request.ended is None and _completes_response(message, trailers):
+            inflight.remove(request)
+        await send(message)
+
+    return send_and_settle
+
+
 def _completes_response(message: Message, trailers: bool) -> bool:
     """Whether ``message`` is the last one of an HTTP response."""
     if trailers:
@@ -225,11 +233,6 @@ def _completes_response(message: Message, trailers: bool) -> bool:
 
 
 _OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block"})
-
-_SERVED_ON: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
-    "loopwatch_served_on", default=None
-)
-"""The loop whose watcher tracks the request being served in this context (for nesting)."""
 
 
 _fallback_provider: metrics.MeterProvider | None = None
