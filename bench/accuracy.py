@@ -91,11 +91,12 @@ class CaseResult:
 
     @property
     def culprit_verdict(self) -> str:
-        """``right``; ``no sample`` (a sampleable stall that ended before the watchdog's
-        first sample, so it has no culprit); or ``wrong`` (a culprit that is not the stall's)."""
+        """``right``; ``none`` (a sampleable stall reported without a culprit: it ended
+        before the watchdog's first sample, or the only sample came too late to show it);
+        or ``wrong`` (a culprit that is not the stall's)."""
         if self.culprit_ok:
             return "right"
-        return "no sample" if self.culprit is None and self.samples == 0 else "wrong"
+        return "none" if self.culprit is None else "wrong"
 
     @property
     def error_ok(self) -> bool:

@@ -110,7 +110,7 @@ def accuracy_summary(cases: Sequence[CaseResult]) -> dict[str, Any]:
         "reported": len(reported),
         "cause_ok": sum(c.cause_ok for c in reported),
         "culprit_right": verdicts["right"],
-        "culprit_none": verdicts["no sample"],
+        "culprit_none": verdicts["none"],
         "culprit_wrong": verdicts["wrong"],
         "must_cause_ok": sum(c.cause_ok for c in must if c.detected),
         "must_culprit_right": sum(c.culprit_verdict == "right" for c in must if c.detected),
@@ -348,8 +348,8 @@ def accuracy_table(cases: Sequence[CaseResult]) -> list[str]:
 
 
 def _no_sample(cases: Sequence[CaseResult]) -> str:
-    count = sum(c.culprit_verdict == "no sample" for c in cases)
-    return f", {count} without sample" if count else ""
+    count = sum(c.culprit_verdict == "none" for c in cases)
+    return f", {count} without culprit" if count else ""
 
 
 def failures(cases: Sequence[CaseResult]) -> list[str]:
@@ -363,8 +363,11 @@ def failures(cases: Sequence[CaseResult]) -> list[str]:
             problems.append(f"cause {c.cause} (expected {c.expected_cause})")
         if c.detected and c.culprit_verdict == "wrong":
             problems.append(f"culprit {c.culprit} (expected {c.expected_culprit})")
-        if c.detected and c.culprit_verdict == "no sample":
-            problems.append("no culprit: the stall ended before the first sample")
+        if c.detected and c.culprit_verdict == "none":
+            problems.append(
+                "no culprit named"
+                + (" (no sample before the stall ended)" if c.samples == 0 else "")
+            )
         if c.detected and not c.error_ok:
             problems.append(f"duration error {(c.error or 0) * 1000:+.1f} ms")
         if problems:
@@ -480,12 +483,16 @@ def findings(results: Results) -> list[str]:
             if "cpu_watch" not in s:
                 continue
             items.append(
-                f"Under load ({s['group']}), the watcher alone (heartbeat, watchdog"
-                f"{', select() timing' if s['loop'] == 'asyncio' else ''}) changes server "
+                f"Under load ({s['group']}), the watcher alone (heartbeat and watchdog, "
+                "no middleware) changes server "
                 f"CPU per request by {_pct(s['cpu_watch_ratio'] - 1)}; "
-                f"`LoopWatchMiddleware` by {_pct(s['cpu_ratio'] - 1)}, i.e. "
-                f"{s['cpu_on'] - s['cpu_off']:+.1f} µs per request. The per-request cost "
-                "is the middleware's."
+                f"`LoopWatchMiddleware` (watcher included) by {_pct(s['cpu_ratio'] - 1)}, "
+                f"i.e. {s['cpu_on'] - s['cpu_off']:+.1f} µs per request"
+                + (
+                    ": most of the cost is the middleware's, not the watcher's."
+                    if s["cpu_watch_ratio"] - 1 <= (s["cpu_ratio"] - 1) / 2
+                    else "."
+                )
             )
     if "micro" in sections:
         raw = results["micro"]["raw"]
@@ -512,9 +519,9 @@ def findings(results: Results) -> list[str]:
             if shape == "1 task x 400000":  # one loop iteration per switch
                 per_iteration = (full["cpu_median_s"] - bare["cpu_median_s"]) / 400_000 * 1e6
                 text += (
-                    f": the `select()` timing costs about {per_iteration:.2f} µs per loop "
-                    f"iteration, against {base['cpu_median_s'] / 400_000 * 1e6:.2f} µs for "
-                    "a whole iteration without loopwatch"
+                    f": the utilization measurement costs about {per_iteration:.2f} µs per "
+                    f"loop iteration, against {base['cpu_median_s'] / 400_000 * 1e6:.2f} µs "
+                    "for a whole iteration without loopwatch"
                 )
             items.append(text + ".")
     if "accuracy" in sections:
@@ -522,26 +529,28 @@ def findings(results: Results) -> list[str]:
         near = [c for c in cases if c.detected and not c.must_detect]
         wrong = [c for c in cases if c.detected and c.culprit_verdict == "wrong"]
         outer_culprits = sorted({c.culprit or "" for c in wrong})
-        none = [c for c in cases if c.detected and c.culprit_verdict == "no sample"]
+        none = [c for c in cases if c.detected and c.culprit_verdict == "none"]
         bad_cause = [c for c in cases if c.detected and not c.cause_ok]
-        if wrong or none or bad_cause:
-            worst = max((c.true for c in [*wrong, *none, *bad_cause]), default=0) * 1000
-            items.append(
-                f"Accuracy: every problem is in a stall shorter than 1.5 x threshold "
+        problems = [*wrong, *none, *bad_cause]
+        if problems:
+            worst = max(c.true for c in problems) * 1000
+            where = (
+                "every problem is in a stall shorter than 1.5 x threshold "
                 f"({len(near)} such stalls reported; the longest with a problem lasted "
-                f"{worst:.0f} ms). {len(wrong)} named a wrong culprit "
-                f"({', '.join(f'`{name}`' for name in outer_culprits)}): the watchdog's one "
-                "sample came after the stall had ended, with the loop thread back in "
-                "`select()` or in the loop runner, and was still counted as on time. "
-                f"{len(bad_cause)} got cause `cpu` instead of `gil` "
-                f"({', '.join(sorted({c.pattern for c in bad_cause}))}): the C call kept the "
-                "GIL only a little past the watchdog's planned wake-up, less than its "
-                "held-off tolerance (20 ms), so the sample taken just after the call "
-                f"returned counted as on time. {len(none)} ended before any sample, so "
-                "they have no culprit."
-                if all(not c.must_detect for c in [*wrong, *none, *bad_cause])
-                else f"Accuracy: {len(wrong)} wrong culprits, {len(bad_cause)} wrong causes, "
-                f"{len(none)} stalls without a sample; see the accuracy section."
+                f"{worst:.0f} ms)"
+                if all(not c.must_detect for c in problems)
+                else "some problems are in stalls of 1.5 x threshold or more"
+            )
+            offenders = sorted({c.offender or "—" for c in wrong})
+            items.append(
+                f"Accuracy: {where}. {len(wrong)} named a wrong culprit "
+                f"({', '.join(f'`{name}`' for name in outer_culprits)}; innermost frames "
+                f"{', '.join(f'`{o}`' for o in offenders)}): the watchdog's sample showed "
+                "the loop thread back in the loop's own code, i.e. it was taken as the "
+                f"stall ended. {len(bad_cause)} got a wrong cause "
+                f"({', '.join(sorted({f'{c.pattern}: {c.cause}' for c in bad_cause}))}), "
+                "GIL-holding C calls that lasted about the threshold. "
+                f"{len(none)} named no culprit."
             )
     lines = _stall_lines(results)
     outer = [line for line in lines if "culprit=click." in line or "culprit=__main__" in line]
@@ -609,7 +618,7 @@ def goals(results: Results) -> list[str]:
             f"({'met' if s['cause_ok'] == s['reported'] else 'MISSED'}; stalls ≥ 1.5 x "
             f"threshold: {s['must_cause_ok']}/{s['detected']}) |",
             f"| Culprit right where a sample was possible | right {s['culprit_right']}, "
-            f"wrong {s['culprit_wrong']}, no sample taken {s['culprit_none']} of "
+            f"wrong {s['culprit_wrong']}, none named {s['culprit_none']} of "
             f"{s['reported']} reported stalls "
             f"({'met' if s['culprit_wrong'] == 0 else 'MISSED'}; stalls ≥ 1.5 x threshold: "
             f"{s['must_culprit_right']}/{s['detected']} right). For GIL-held stalls *right* "
@@ -690,8 +699,8 @@ def overhead_section(results: Results, figures: dict[str, str]) -> list[str]:
             "### Where the cost is",
             "",
             "Both apps without OpenTelemetry, a third configuration in the same rotation: "
-            "`loopwatch.watch()` started on the serving loop (heartbeat, watchdog, "
-            "`select()` timing on the stdlib loop) without `LoopWatchMiddleware`. Server "
+            "`loopwatch.watch()` started on the serving loop (heartbeat and watchdog, with "
+            "the default configuration) without `LoopWatchMiddleware`. Server "
             "CPU per request in µs, median (min-max):",
             "",
             "| app | loop | no loopwatch | watcher only | LoopWatchMiddleware (default) |",
@@ -721,9 +730,9 @@ def micro_section(results: Results, figures: dict[str, str]) -> list[str]:
         "",
         "A loop doing nothing but `await asyncio.sleep(0)`: *100 tasks x 4000* (many ready "
         "callbacks per loop iteration) and *1 task x 400000* (one callback per iteration: "
-        "the worst case for anything that costs per iteration, like loopwatch's "
-        "`select()` timing on the stdlib loop). Monitors: none; loopwatch (`LoopWatch()`, "
-        "default configuration); asyncio debug mode (`loop.set_debug(True)`); an "
+        "the worst case for anything that costs per loop iteration). Monitors: none; "
+        "loopwatch (`LoopWatch()`, default configuration); asyncio debug mode "
+        "(`loop.set_debug(True)`); an "
         "aiodebug-style slow-callback logger that patches `asyncio.events.Handle._run` "
         "(stdlib loop only: uvloop's handles are not Python objects). All in one fresh "
         f"interpreter, a new loop per run, {raw['rounds']} rounds in shuffled order after a "
@@ -731,8 +740,8 @@ def micro_section(results: Results, figures: dict[str, str]) -> list[str]:
         "*process CPU* (`time.process_time()`) counts every thread, loopwatch's watchdog "
         "included. On this shared machine wall time was up to twice the CPU time (other "
         "processes held the cores), so the verdict uses process CPU time; wall time is "
-        "shown too. The *measure_utilization=False* row switches off loopwatch's "
-        "`select()` timing (stdlib loop only), to show what that part costs.",
+        "shown too. The *measure_utilization=False* row switches off loopwatch's loop "
+        "utilization measurement, to show what that part costs.",
         "",
     ]
     if "micro" in figures:
