@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,15 +38,24 @@ async def watch_while(
         on_block=events.append,
     ):
         await asyncio.sleep(settle)
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
         block()
         took = time.perf_counter() - started
         await asyncio.sleep(settle)
-    return [event for event in events if not event.ongoing], took
+    overlapping = [
+        event
+        for event in events
+        if not event.ongoing
+        and event.end is not None
+        and event.start <= wall_started + took
+        and event.end >= wall_started
+    ]
+    return overlapping, took
 
 
 def only_stall(events: list[BlockEvent]) -> BlockEvent:
-    assert len(events) == 1, f"expected one stall, got {events}"
+    """The one stall that overlaps the blocking call (a loaded machine may add others)."""
+    assert len(events) == 1, f"expected one stall during the blocking call, got {events}"
     return events[0]
 
 
@@ -82,23 +92,23 @@ def test_stall_on_the_loop_is_found_with_culprit_cause_and_duration(
 def test_offender_is_the_innermost_frame_even_in_library_code(
     run: Callable[[Callable[[], Awaitable[Any]]], Any], telemetry: Telemetry
 ) -> None:
-    import json
+    import difflib
 
-    # Many short calls: one huge dumps() is a single GIL-holding C call on Python 3.13+.
-    payload = {"rows": [{"id": i, "name": "x" * 20, "tags": list(range(10))} for i in range(1000)]}
+    left = "".join(random.Random(1).choice("abcd") for _ in range(6000))
+    right = "".join(random.Random(2).choice("abcd") for _ in range(6000))
 
-    def encode() -> None:
+    def compare() -> None:
         deadline = time.perf_counter() + STALL
-        while time.perf_counter() < deadline:
-            json.dumps(payload, indent=1)
+        while time.perf_counter() < deadline:  # pure-Python library code, call after call
+            difflib.SequenceMatcher(None, left, right).ratio()
 
-    events, _ = run(lambda: watch_while(telemetry, encode))
+    events, _ = run(lambda: watch_while(telemetry, compare))
 
     event = only_stall(events)
     assert event.culprit is not None
-    assert event.culprit.function.endswith("encode")
+    assert event.culprit.function.endswith("compare")
     assert event.offender is not None
-    assert event.offender.function.startswith("json."), event.offender
+    assert event.offender.function.startswith("difflib."), event.offender
 
 
 def test_gil_holding_c_call_is_reported_without_guessing_a_culprit(
