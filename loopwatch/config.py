@@ -34,7 +34,7 @@ class Config:
 
     enabled: bool = True
     threshold: float = 0.1
-    interval: float = 0.01
+    interval: float = 0.005
     dump_after: float = 30.0
     skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
     max_frames: int = 64
@@ -159,14 +159,14 @@ def resolve_config(
             values[name] = parsed
     threshold = values.get("threshold", Config.threshold)
     if "interval" not in values:
-        values["interval"] = threshold / 10
+        values["interval"] = threshold / 20
     interval = values["interval"]
     if interval >= threshold:
         source = _source("interval", options)
         raise ValueError(
             f"{source}={_shown(source, interval)} must be smaller than the threshold "
             f"({_shown(_source('threshold', options), threshold)}); accepted: "
-            f"(0, threshold), default threshold / 10"
+            f"(0, threshold), default threshold / 20"
         )
     dump_after = values.get("dump_after", Config.dump_after)
     if 0 < dump_after <= threshold:

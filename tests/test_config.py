@@ -16,7 +16,7 @@ def test_defaults() -> None:
     config = resolve_config({})
     assert config.enabled is True
     assert config.threshold == 0.1
-    assert config.interval == pytest.approx(0.01)
+    assert config.interval == pytest.approx(0.005)
     assert config.dump_after == 30.0
     assert config.skip_modules == DEFAULT_SKIP_MODULES
 
@@ -37,8 +37,8 @@ def test_environment_in_milliseconds() -> None:
     assert config.report_burst == 3
 
 
-def test_interval_defaults_to_a_tenth_of_the_threshold() -> None:
-    assert resolve_config({"LOOPWATCH_THRESHOLD_MS": "500"}).interval == pytest.approx(0.05)
+def test_interval_defaults_to_a_twentieth_of_the_threshold() -> None:
+    assert resolve_config({"LOOPWATCH_THRESHOLD_MS": "500"}).interval == pytest.approx(0.025)
 
 
 def test_keyword_arguments_win_over_the_environment() -> None:

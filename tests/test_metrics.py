@@ -32,7 +32,7 @@ def test_delay_histogram_and_stall_histogram(run: Run, telemetry: Telemetry) -> 
 
     points = run(scenario)
     (delay,) = points["asyncio.eventloop.delay"]
-    assert delay.count >= 20, "one observation per heartbeat (every 10 ms)"
+    assert delay.count >= 40, "one observation per heartbeat (every 5 ms)"
     assert 0.25 <= delay.max <= 0.4, "the tick after the stall was late by about the stall"
     (stall,) = points["asyncio.eventloop.block.duration"]
     assert stall.count == 1

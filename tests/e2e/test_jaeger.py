@@ -33,14 +33,10 @@ UVICORN_SHUTDOWN_DONE = "Application shutdown complete."
 #: The stall's duration must match the blocking span's within max(5 ms, 5 %) ...
 DURATION_TOLERANCE_ABS_S = 0.005
 DURATION_TOLERANCE_REL = 0.05
-#: loopwatch's default heartbeat interval (threshold / 10 = 10 ms).
-HEARTBEAT_INTERVAL_S = 0.010
-#: ... plus this allowance. The span times ``cpu_heavy_blocking_work()`` exactly, but
-#: loopwatch sees the loop only through its heartbeat: a stall's start is known to within
-#: one heartbeat interval (its end, the next tick, comes < 1 ms after the work). Measured
-#: here: the two durations differ by up to 4.5 ms. 2 ms more cover preemption of the
-#: app between the work and the next tick on a loaded 2-core CI box.
-STALL_EDGE_ALLOWANCE_S = HEARTBEAT_INTERVAL_S + 0.002
+#: No allowance beyond the promise: the span times ``cpu_heavy_blocking_work()`` exactly;
+#: loopwatch knows the stall's start to within half a heartbeat interval (threshold / 20
+#: = 5 ms, so 2.5 ms) and its end, the next tick, comes < 1 ms after the work.
+STALL_EDGE_ALLOWANCE_S = 0.0
 
 
 def _named(spans: list[Span], name: str) -> list[Span]:
