@@ -522,6 +522,8 @@ def findings(results: Results) -> list[str]:
                     f": the utilization measurement costs about {per_iteration:.2f} µs per "
                     f"loop iteration, against {base['cpu_median_s'] / 400_000 * 1e6:.2f} µs "
                     "for a whole iteration without loopwatch"
+                    if per_iteration > 0.005
+                    else ": the utilization measurement has no measurable cost"
                 )
             items.append(text + ".")
     if "accuracy" in sections:
@@ -542,16 +544,24 @@ def findings(results: Results) -> list[str]:
                 else "some problems are in stalls of 1.5 x threshold or more"
             )
             offenders = sorted({c.offender or "—" for c in wrong})
-            items.append(
-                f"Accuracy: {where}. {len(wrong)} named a wrong culprit "
-                f"({', '.join(f'`{name}`' for name in outer_culprits)}; innermost frames "
-                f"{', '.join(f'`{o}`' for o in offenders)}): the watchdog's sample showed "
-                "the loop thread back in the loop's own code, i.e. it was taken as the "
-                f"stall ended. {len(bad_cause)} got a wrong cause "
-                f"({', '.join(sorted({f'{c.pattern}: {c.cause}' for c in bad_cause}))}), "
-                "GIL-holding C calls that lasted about the threshold. "
-                f"{len(none)} named no culprit."
-            )
+            text = f"Accuracy: {where}."
+            if wrong:
+                text += (
+                    f" {len(wrong)} named a wrong culprit "
+                    f"({', '.join(f'`{name}`' for name in outer_culprits)}; innermost frames "
+                    f"{', '.join(f'`{o}`' for o in offenders)}): the watchdog's sample showed "
+                    "the loop thread back in the loop's own code, i.e. it was taken as the "
+                    "stall ended."
+                )
+            if bad_cause:
+                text += (
+                    f" {len(bad_cause)} got a wrong cause "
+                    f"({', '.join(sorted({f'{c.pattern}: {c.cause}' for c in bad_cause}))}): "
+                    "GIL-holding C calls that lasted about the threshold."
+                )
+            if none:
+                text += f" {len(none)} named no culprit (no sample before the stall ended)."
+            items.append(text)
     lines = _stall_lines(results)
     outer = [line for line in lines if "culprit=click." in line or "culprit=__main__" in line]
     if lines:
@@ -738,9 +748,9 @@ def micro_section(results: Results, figures: dict[str, str]) -> list[str]:
         f"interpreter, a new loop per run, {raw['rounds']} rounds in shuffled order after a "
         "warm-up round (asyncio debug mode, ~20x slower, runs one round, none with --quick). "
         "*process CPU* (`time.process_time()`) counts every thread, loopwatch's watchdog "
-        "included. On this shared machine wall time was up to twice the CPU time (other "
-        "processes held the cores), so the verdict uses process CPU time; wall time is "
-        "shown too. The *measure_utilization=False* row switches off loopwatch's loop "
+        "included. Wall time moves with other processes' load (on this shared machine it "
+        "has been up to twice the CPU time), so the verdict uses process CPU time; wall "
+        "time is shown too. The *measure_utilization=False* row switches off loopwatch's loop "
         "utilization measurement, to show what that part costs.",
         "",
     ]
