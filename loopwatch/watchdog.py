@@ -14,6 +14,7 @@ import itertools
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from time import monotonic
 
@@ -88,7 +89,6 @@ class Watchdog:
         self._paused = False
         self._numbers = itertools.count(1)
         self._schedstat: ThreadSchedStat | None = None
-        self._sched_before: SchedSnapshot | None = None
         self._sched_at_detection: SchedSnapshot | None = None
 
     @property
@@ -126,11 +126,11 @@ class Watchdog:
                     self._held_off_until = woke
                 self._process_ticks()
                 self._check(woke, on_time)
-                if self._stall is None:
-                    self._sched_before = self._read_schedstat()
             self._process_ticks()  # a stall that ended just before stop() is still reported
         except BaseException as exc:  # the watchdog must never take the app down
             error = exc
+        if self._schedstat is not None:
+            self._schedstat.close()
         if not self._stopping.is_set():  # the loop closed, or an internal error
             self._on_exit(error)
 
@@ -174,7 +174,9 @@ class Watchdog:
             if tick.ran - start < self._config.threshold:
                 return
             stall = Stall(start=start, number=next(self._numbers))
-            stall.watchdog_held_off = self._held_off_until > start
+            # Long enough that a running watchdog would have caught it live: it was not.
+            missed = tick.ran - start > self._config.threshold + self._tolerance
+            stall.watchdog_held_off = missed or self._held_off_until > start
         else:
             stall.start = min(stall.start, self._tick_start(before, tick))
         stall.end = tick.ran
@@ -213,7 +215,7 @@ class Watchdog:
             return
         stall = Stall(start=start, number=next(self._numbers), watchdog_held_off=not on_time)
         self._sched_at_detection = self._read_schedstat()
-        stall.cause = self._provisional_cause(on_time)
+        stall.cause = self._provisional_cause(now, on_time)
         self._heartbeat.watchdog_waiting = True
         self._stall = stall
         self._sample(stall, on_time)
@@ -239,13 +241,19 @@ class Watchdog:
             return runnable_share(detected, now)
         return None  # too short to trust: the ticks' CPU counters decide
 
-    def _provisional_cause(self, on_time: bool) -> str:
-        """The cause as far as it can be told while the stall goes on."""
+    def _provisional_cause(self, now: float, on_time: bool) -> str:
+        """The cause as far as it can be told while the stall goes on: the loop thread's
+        CPU share since its last tick (a clock read that keeps the GIL)."""
         if not on_time:
             return GIL
-        before, now = self._sched_before, self._sched_at_detection
-        share = runnable_share(before, now) if before and now else None
-        return BLOCKING if share is not None and share < 0.5 else CPU
+        tick, thread_id = self._last_tick, self._heartbeat.thread_id
+        if tick is None or thread_id is None or not hasattr(time, "pthread_getcpuclockid"):
+            return CPU
+        try:
+            cpu = time.clock_gettime(time.pthread_getcpuclockid(thread_id))
+        except OSError:
+            return CPU
+        return CPU if cpu - tick.thread_cpu >= 0.5 * (now - tick.ran) else BLOCKING
 
     def _sample(self, stall: Stall, on_time: bool) -> None:
         thread_id = self._heartbeat.thread_id
