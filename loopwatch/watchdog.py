@@ -278,7 +278,7 @@ class Watchdog:
 
 
     def _loop_moved_on(self) -> bool:
-        """Whether the loop has run again (ticked, or gone idle in ``select()``)."""
+        """Whether the loop has run again since the stall began (a heartbeat ticked)."""
         return bool(self._heartbeat.ticks)
 
 
