@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "mode": mode,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m bench" + (" --quick" if args.quick else "")
+        "command": "python -m bench"
+        + (" --quick" if args.quick else "")
         + "".join(f" --only {s}" for s in args.only or []),
         "code": code_version(),
         "sections": [],

@@ -235,9 +235,7 @@ async def heavy_load(seconds: float) -> dict[str, int]:
     for _ in range(200):
         loop.call_soon(timer)
     async with server:
-        await asyncio.gather(
-            *(yielder() for _ in range(300)), *(client() for _ in range(30))
-        )
+        await asyncio.gather(*(yielder() for _ in range(300)), *(client() for _ in range(30)))
     return counts
 
 

@@ -235,9 +235,7 @@ def middleware_cost(rounds: int, requests: int = 50_000) -> dict[str, dict[str, 
     variants: dict[str, Callable[[], Any]] = {
         "bare app": lambda: _asgi_app,
         "pass-through middleware": lambda: _PassThrough(_asgi_app),
-        "LoopWatchMiddleware(enabled=False)": lambda: LoopWatchMiddleware(
-            _asgi_app, enabled=False
-        ),
+        "LoopWatchMiddleware(enabled=False)": lambda: LoopWatchMiddleware(_asgi_app, enabled=False),
         "LoopWatchMiddleware (default)": lambda: LoopWatchMiddleware(_asgi_app),
     }
     found: dict[str, list[float]] = {name: [] for name in variants}

@@ -228,9 +228,7 @@ def run(quick: bool) -> dict[str, object]:
         rounds = 3 if quick else (5 if group.app == "hello" else 4)
         rounds_used[group.label] = rounds
         result = run_group(group, rounds, seconds)
-        results.append(
-            {"summary": result.summary(), "runs": [asdict(run) for run in result.runs]}
-        )
+        results.append({"summary": result.summary(), "runs": [asdict(run) for run in result.runs]})
     return {
         "rounds": rounds_used,
         "seconds": seconds,

@@ -460,8 +460,11 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
 
 def _code(results: Results) -> str:
     code = results.get("code", {})
-    dirty = " (with uncommitted changes to loopwatch/ or example/)" if code.get(
-        "dirty") == "yes" else ""
+    dirty = (
+        " (with uncommitted changes to loopwatch/ or example/)"
+        if code.get("dirty") == "yes"
+        else ""
+    )
     return f"{code.get('commit', '?')}{dirty}"
 
 
@@ -643,8 +646,10 @@ def goals(results: Results) -> list[str]:
         mem = results["memory"]
         per_request = _growth_per_request(mem)
         flat = per_request < LEAK_BYTES_PER_REQUEST and mem["threads_min"] == mem["threads_max"]
-        short = "" if mem["requests"] >= mem["target"] else (
-            f" (time cap of {mem['time_cap_s']:.0f} s reached before {mem['target']:,})"
+        short = (
+            ""
+            if mem["requests"] >= mem["target"]
+            else (f" (time cap of {mem['time_cap_s']:.0f} s reached before {mem['target']:,})")
         )
         rows.append(
             f"| Memory flat over {mem['target']:,} requests (goal: one million) "

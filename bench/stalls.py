@@ -214,9 +214,7 @@ class Calibration:
         fixed, scale, exponent = self.fits[name]
         return max(1, int((max(seconds - fixed, seconds / 4) / scale) ** (1 / exponent)))
 
-    def fit(
-        self, name: str, run: Callable[[int], float], size: int, exponent: float = 1.0
-    ) -> None:
+    def fit(self, name: str, run: Callable[[int], float], size: int, exponent: float = 1.0) -> None:
         """Time ``run`` at ``size`` and ``4 * size`` (best of two each) and fit the curve."""
         small, big = size, 4 * size
         t_small = min(run(small), run(small))

@@ -121,9 +121,7 @@ _OPTIONS: dict[str, _Option] = {
     "max_frames": _Option("LOOPWATCH_MAX_FRAMES", _integer, _in_range(1, 1000)),
     "max_stack_chars": _Option("LOOPWATCH_MAX_STACK_CHARS", _integer, _in_range(256, 1_000_000)),
     "report_burst": _Option("LOOPWATCH_REPORT_BURST", _integer, _in_range(1, 10_000)),
-    "report_per_minute": _Option(
-        "LOOPWATCH_REPORT_PER_MINUTE", _number, _in_range(0.0, 60_000.0)
-    ),
+    "report_per_minute": _Option("LOOPWATCH_REPORT_PER_MINUTE", _number, _in_range(0.0, 60_000.0)),
     "measure_utilization": _Option("LOOPWATCH_MEASURE_UTILIZATION", _bool, _is_bool),
 }
 
@@ -131,9 +129,7 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {name: opt.env for name, opt in _OPTI
 """Option name -> environment variable, for documentation and error messages."""
 
 
-def resolve_config(
-    environ: Mapping[str, str] | None = None, **options: Any
-) -> Config:
+def resolve_config(environ: Mapping[str, str] | None = None, **options: Any) -> Config:
     """Build a :class:`Config` from keyword options, the environment and the defaults.
 
     Keyword arguments win over the environment; ``None`` means "not given".

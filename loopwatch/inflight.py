@@ -1,16 +1,16 @@
 """Requests in flight on a loop, so a stall can name its culprit request and its victims.
 
 The middleware adds a :class:`Request` when a request starts and removes it when it
-ends (on the loop thread: two dict operations). The watchdog thread reads them after a
-stall: the culprit from the stalled task's context, the victims by time overlap.
+ends, on the loop thread; both are a few dictionary and attribute operations, since they
+run for every request. The watchdog thread reads them after a stall: the culprit from
+the stalled task's context, the victims by time overlap.
 """
 
 from __future__ import annotations
 
 import contextvars
 from collections import deque
-from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import MutableMapping
 from time import monotonic
 from typing import Any, NamedTuple
 
@@ -21,22 +21,33 @@ CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar
 )
 
 
-@dataclass(eq=False, slots=True)
 class Request:
-    """One HTTP request being served. ``started`` is a ``time.monotonic()`` reading.
+    """One HTTP request being served. ``started`` and ``ended`` are ``time.monotonic()``
+    readings; ``span`` is the request's recording span, if any.
 
     ``stall_delays`` maps each stall that held the request up (by number) to how long it
     did; the watchdog and the request's own ending may both settle a stall, and the
     first to do so wins (``dict.setdefault`` is atomic).
     """
 
-    method: str
-    scope: MutableMapping[str, Any]
-    started: float
-    span: trace.Span | None
-    inflight: InflightRequests | None = None
-    ended: float | None = None
-    stall_delays: dict[int, float] = field(default_factory=dict)
+    __slots__ = ("ended", "inflight", "scope", "span", "stall_delays", "started")
+
+    def __init__(
+        self,
+        scope: MutableMapping[str, Any],
+        span: trace.Span | None,
+        inflight: InflightRequests | None = None,
+    ) -> None:
+        self.scope = scope
+        self.span = span
+        self.inflight = inflight
+        self.started = monotonic()
+        self.ended: float | None = None
+        self.stall_delays: dict[int, float] | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.scope.get("method", ""))
 
     @property
     def route(self) -> str | None:
@@ -48,10 +59,12 @@ class Request:
     @property
     def delayed_by(self) -> float:
         """Seconds this request was held up by stalls it did not cause."""
-        return sum(self.stall_delays.values())
+        return sum(self.stall_delays.values()) if self.stall_delays else 0.0
 
     def settle(self, stall: int, seconds: float) -> None:
         """Record what stall number ``stall`` cost this request, once, on its span too."""
+        if self.stall_delays is None:
+            self.stall_delays = {}
         self.stall_delays.setdefault(stall, max(0.0, seconds))
         span = self.span
         if span is not None and span.is_recording():
@@ -71,13 +84,14 @@ class InflightRequests:
 
     A request held up by a stall often finishes right after it, before the watchdog has
     closed the stall: it is kept among the recent ones so the stall still links it, and
-    :meth:`remove` settles the open stall's delay while its span is still open.
+    :meth:`remove` settles the open stall's delay while its span is still open. The
+    watchdog sets :attr:`open_stall` while a stall is seen and not yet reported.
     """
 
-    def __init__(self, open_stall: Callable[[], OpenStall | None] = lambda: None) -> None:
+    def __init__(self) -> None:
         self._requests: dict[int, Request] = {}
         self._recent: deque[Request] = deque(maxlen=256)
-        self._open_stall = open_stall
+        self.open_stall: OpenStall | None = None
 
     def add(self, request: Request) -> None:
         self._requests[id(request)] = request
@@ -86,8 +100,8 @@ class InflightRequests:
         """The request is done (on the loop thread): settle what an open stall cost it."""
         request.ended = now = monotonic()
         self._recent.append(request)  # before leaving the in-flight set: never in neither
-        self._requests.pop(id(request), None)
-        stall = self._open_stall()
+        del self._requests[id(request)]
+        stall = self.open_stall
         if stall is not None and stall.culprit is not request:
             request.settle(stall.number, now - max(stall.start, request.started))
 

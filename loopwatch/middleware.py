@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from time import monotonic
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -96,29 +95,24 @@ class LoopWatchMiddleware:
             await self.app(scope, receive, send)
 
     async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        starting = loop not in self._watchers
-        watcher = self._watcher()
+        # Runs for every request: kept to a few dictionary and attribute operations.
+        watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
+        if watcher is _NOT_STARTED:
+            watcher = self._watcher()
+            if watcher is not None:
+                # No lifespan: the watcher starts with this request. Yield once so that the
+                # heartbeat's first tick runs; a stall in this very request is then seen.
+                await asyncio.sleep(0)
         if watcher is None:
             await self.app(scope, receive, send)
             return
-        if starting:
-            # No lifespan: the watcher starts with this request. Yield once so that the
-            # heartbeat's first tick runs; a stall in this very request is then seen.
-            await asyncio.sleep(0)
+        inflight = watcher.inflight
         span = trace.get_current_span()
         outer = CURRENT_REQUEST.get()
-        if outer is not None and outer.inflight is watcher.inflight:
+        if outer is not None and outer.inflight is inflight:
             await self._serve_nested(outer, span, scope, receive, send)
             return
-        request = Request(
-            method=str(scope.get("method", "")),
-            scope=scope,
-            started=monotonic(),
-            span=span if span.is_recording() else None,
-            inflight=watcher.inflight,
-        )
-        inflight = watcher.inflight
+        request = Request(scope, span if span.is_recording() else None, inflight)
         inflight.add(request)
         token = CURRENT_REQUEST.set(request)
         try:
@@ -231,6 +225,9 @@ def _completes_response(message: Message, trailers: bool) -> bool:
         )
     return message.get("type") == "http.response.body" and not message.get("more_body", False)
 
+
+_NOT_STARTED: Any = object()
+"""Marks a loop this middleware has not acquired a watcher for yet."""
 
 _OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block"})
 

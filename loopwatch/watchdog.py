@@ -20,7 +20,7 @@ from time import monotonic
 
 from .config import Config
 from .heartbeat import Heartbeat, Tick
-from .inflight import OpenStall, culprit_request
+from .inflight import InflightRequests, OpenStall, culprit_request
 from .sampler import take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
@@ -33,6 +33,7 @@ logger = logging.getLogger("loopwatch")
 
 MIN_SCHED_WINDOW = 0.02
 """Shortest window over which the loop thread's scheduler counters are trusted."""
+
 
 def held_off_tolerance(threshold: float) -> float:
     """How late a wake-up may be before the watchdog counts as held off.
@@ -69,6 +70,7 @@ class Watchdog:
         listener: StallListener,
         wake: threading.Event,
         on_exit: Callable[[BaseException | None], None],
+        inflight: InflightRequests,
         utilization: UtilizationClock | None = None,
     ) -> None:
         self._loop = loop
@@ -77,6 +79,7 @@ class Watchdog:
         self._listener = listener
         self._wake = wake
         self._on_exit = on_exit
+        self._inflight = inflight
         self._finder = CulpritFinder(config.skip_modules)
         self._tolerance = held_off_tolerance(config.threshold)
         self.utilization = utilization
@@ -96,11 +99,6 @@ class Watchdog:
         """How long the loop has been stalled right now (0 while it runs)."""
         stall = self._stall
         return max(0.0, monotonic() - stall.start) if stall is not None else 0.0
-
-    def open_stall(self) -> OpenStall | None:
-        """The stall seen live and not yet fully reported, if any."""
-        stall = self._stall
-        return OpenStall(stall.number, stall.start, stall.request) if stall is not None else None
 
     def start(self) -> None:
         self._thread.start()
@@ -129,6 +127,7 @@ class Watchdog:
             self._process_ticks()  # a stall that ended just before stop() is still reported
         except BaseException as exc:  # the watchdog must never take the app down
             error = exc
+        self._inflight.open_stall = None
         if self._schedstat is not None:
             self._schedstat.close()
         if not self._stopping.is_set():  # the loop closed, or an internal error
@@ -187,6 +186,7 @@ class Watchdog:
         self._listener.on_stall_ended(stall, before, tick)
         if self._stall is stall:  # still "open" while reported: requests ending meanwhile
             self._stall = None  # settle it themselves (see InflightRequests.remove)
+            self._inflight.open_stall = None
             self._heartbeat.watchdog_waiting = False
 
     def _tick_start(self, before: Tick, tick: Tick) -> float:
@@ -256,6 +256,11 @@ class Watchdog:
         return CPU if cpu - tick.thread_cpu >= 0.5 * (now - tick.ran) else BLOCKING
 
     def _sample(self, stall: Stall, on_time: bool) -> None:
+        """Sample the stalled loop; tell the requests which stall is open, and its culprit."""
+        self._take_sample(stall, on_time)
+        self._inflight.open_stall = OpenStall(stall.number, stall.start, stall.request)
+
+    def _take_sample(self, stall: Stall, on_time: bool) -> None:
         thread_id = self._heartbeat.thread_id
         if thread_id is None:
             return
@@ -264,21 +269,19 @@ class Watchdog:
         if self._loop_moved_on():
             return  # the stall ended while we sampled: the stack no longer shows it
         stall.suppressed = stall.suppressed or is_suppressed(task.context, thread_id)
-        if sample is not None:
-            stall.samples.append(
-                TakenSample(
-                    sample,
-                    self._finder.culprit(sample),
-                    on_time,
-                    task.name,
-                    current_span_in(task.context),
-                    culprit_request(task.context),
-                )
+        if sample is None:
+            return
+        stall.samples.append(
+            TakenSample(
+                sample,
+                self._finder.culprit(sample),
+                on_time,
+                task.name,
+                current_span_in(task.context),
+                culprit_request(task.context),
             )
-
+        )
 
     def _loop_moved_on(self) -> bool:
         """Whether the loop has run again since the stall began (a heartbeat ticked)."""
         return bool(self._heartbeat.ticks)
-
-

@@ -13,7 +13,7 @@ from opentelemetry import metrics, trace
 from .config import Config, resolve_config
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat
-from .inflight import InflightRequests, OpenStall
+from .inflight import InflightRequests
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
 from .utilization import UtilizationClock
@@ -64,7 +64,7 @@ class LoopWatch:
         )
         if on_block is not None and not callable(on_block):
             raise TypeError(f"on_block={on_block!r} must be a callable taking a BlockEvent")
-        self.inflight = InflightRequests(self._open_stall)
+        self.inflight = InflightRequests()
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._on_block = on_block
@@ -117,10 +117,6 @@ class LoopWatch:
             logger.error("loopwatch watchdog stopped after an internal error", exc_info=error)
         self.stop()
 
-    def _open_stall(self) -> OpenStall | None:
-        parts = self._parts
-        return parts.watchdog.open_stall() if parts is not None else None
-
     def _abandon(self) -> None:
         """Forget the watchdog after ``fork()``: its thread does not exist in the child."""
         parts, self._parts = self._parts, None
@@ -165,7 +161,14 @@ class _Running:
             owner._on_block,
         )
         self.watchdog = Watchdog(
-            loop, self.heartbeat, config, self.reporter, wake, owner._watchdog_exited, utilization
+            loop,
+            self.heartbeat,
+            config,
+            self.reporter,
+            wake,
+            owner._watchdog_exited,
+            owner.inflight,
+            utilization,
         )
         self.metrics.add_loop(self.gauges)
         GC_CLOCK.acquire()

@@ -72,8 +72,7 @@ def test_loops_in_many_threads_each_have_their_own_watcher() -> None:
         asyncio.run(main())
 
     threads = [
-        threading.Thread(target=serve, args=(0.25 + 0.1 * n,), name=f"server-{n}")
-        for n in range(3)
+        threading.Thread(target=serve, args=(0.25 + 0.1 * n,), name=f"server-{n}") for n in range(3)
     ]
     for thread in threads:
         thread.start()

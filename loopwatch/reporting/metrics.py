@@ -148,4 +148,3 @@ def metrics_for(meter_provider: metrics.MeterProvider | None) -> LoopMetrics:
             entry = (provider, LoopMetrics(provider))
             _by_provider[id(provider)] = entry
         return entry[1]
-
