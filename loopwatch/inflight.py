@@ -9,6 +9,7 @@ the stalled task's context, the victims by time overlap.
 from __future__ import annotations
 
 import contextvars
+import itertools
 from collections import deque
 from collections.abc import MutableMapping
 from time import monotonic
@@ -16,9 +17,13 @@ from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
-CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+CURRENT_REQUEST: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "loopwatch_request", default=None
 )
+"""The serial number of the request a task serves. A number rather than the
+:class:`Request`: a plain int in the request's context measurably costs the server less."""
+
+_serials = itertools.count(1)
 
 
 class Request:
@@ -30,17 +35,12 @@ class Request:
     first to do so wins (``dict.setdefault`` is atomic).
     """
 
-    __slots__ = ("ended", "inflight", "scope", "span", "stall_delays", "started")
+    __slots__ = ("ended", "scope", "serial", "span", "stall_delays", "started")
 
-    def __init__(
-        self,
-        scope: MutableMapping[str, Any],
-        span: trace.Span | None,
-        inflight: InflightRequests | None = None,
-    ) -> None:
+    def __init__(self, scope: MutableMapping[str, Any], span: trace.Span | None) -> None:
         self.scope = scope
         self.span = span
-        self.inflight = inflight
+        self.serial = next(_serials)
         self.started = monotonic()
         self.ended: float | None = None
         self.stall_delays: dict[int, float] | None = None
@@ -94,20 +94,34 @@ class InflightRequests:
         self.open_stall: OpenStall | None = None
 
     def add(self, request: Request) -> None:
-        self._requests[id(request)] = request
+        self._requests[request.serial] = request
+
+    def get(self, serial: int) -> Request | None:
+        """The request in flight with this serial number, if any."""
+        return self._requests.get(serial)
+
+    def running_in(self, context: contextvars.Context | None) -> Request | None:
+        """The request whose task runs in ``context`` (read from the watchdog thread)."""
+        serial = context.get(CURRENT_REQUEST) if context is not None else None
+        if serial is None:
+            return None
+        request = self._requests.get(serial)
+        if request is None:  # finished a moment ago (list(): one atomic copy of the deque)
+            request = next((r for r in reversed(list(self._recent)) if r.serial == serial), None)
+        return request
 
     def remove(self, request: Request) -> None:
         """The request is done (on the loop thread): settle what an open stall cost it."""
         request.ended = now = monotonic()
         self._recent.append(request)  # before leaving the in-flight set: never in neither
-        del self._requests[id(request)]
+        del self._requests[request.serial]
         stall = self.open_stall
         if stall is not None and stall.culprit is not request:
             request.settle(stall.number, now - max(stall.start, request.started))
 
     def delayed_by(self, start: float, end: float, culprit: Request | None) -> list[Request]:
         """Requests other than ``culprit`` that were in flight during ``[start, end]``."""
-        candidates = {id(r): r for r in (*self._requests.values(), *self._recent)}
+        candidates = {r.serial: r for r in (*self._requests.values(), *self._recent)}
         return [
             request
             for request in candidates.values()
@@ -115,8 +129,3 @@ class InflightRequests:
             and request.started < end
             and (request.ended is None or request.ended > start)
         ]
-
-
-def culprit_request(context: contextvars.Context | None) -> Request | None:
-    """The request whose task was running when the loop stalled."""
-    return context.get(CURRENT_REQUEST) if context is not None else None

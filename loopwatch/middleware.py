@@ -109,12 +109,12 @@ class LoopWatchMiddleware:
         inflight = watcher.inflight
         span = trace.get_current_span()
         outer = CURRENT_REQUEST.get()
-        if outer is not None and outer.inflight is inflight:
-            await self._serve_nested(outer, span, scope, receive, send)
+        if outer is not None and (outer_request := inflight.get(outer)) is not None:
+            await self._serve_nested(outer_request, span, scope, receive, send)
             return
-        request = Request(scope, span if span.is_recording() else None, inflight)
+        request = Request(scope, span if span.is_recording() else None)
         inflight.add(request)
-        token = CURRENT_REQUEST.set(request)
+        token = CURRENT_REQUEST.set(request.serial)
         try:
             if request.span is None:
                 await self.app(scope, receive, send)

@@ -20,7 +20,7 @@ from time import monotonic
 
 from .config import Config
 from .heartbeat import Heartbeat, Tick
-from .inflight import InflightRequests, OpenStall, culprit_request
+from .inflight import InflightRequests, OpenStall
 from .sampler import take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
@@ -278,7 +278,7 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                culprit_request(task.context),
+                self._inflight.running_in(task.context),
             )
         )
 
