@@ -1,19 +1,30 @@
 """The only part of loopwatch that runs on the event loop: a self-rescheduling timer.
 
 Each tick records when it was due and when it actually ran into a bounded deque, for
-the watchdog thread to read. It does no I/O, no export and no formatting.
+the watchdog thread to read around stalls, hands the tick to an in-memory recorder (the
+delay metrics) and pushes back the watchdog's dead man's switch. It does no I/O, no
+export and no formatting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from time import monotonic, process_time, thread_time
 from typing import NamedTuple
 
+from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
+
+logger = logging.getLogger("loopwatch")
+
+TICKS_KEPT = 256
+"""Ticks kept for the watchdog, which reads them only around stalls (1.3 s at the
+default interval); older ones are dropped, and :attr:`Tick.number` shows the gap."""
 
 
 class Tick(NamedTuple):
@@ -21,8 +32,10 @@ class Tick(NamedTuple):
 
     The three counters let the watchdog tell, between two ticks, how much time went to
     garbage collection, to the loop thread's CPU and to the whole process's CPU.
+    ``number`` counts the ticks: consecutive ticks have consecutive numbers.
     """
 
+    number: int
     due: float
     ran: float
     gc_total: float
@@ -31,23 +44,35 @@ class Tick(NamedTuple):
 
 
 class Heartbeat:
-    """Schedules itself every ``interval`` seconds on ``loop`` and records each tick."""
+    """Schedules itself every ``interval`` seconds on ``loop`` and records each tick.
+
+    Each tick is also passed to ``record`` (in-memory metrics; the first error turns it
+    off) and pushes back ``deadman`` (if given) by ``deadman_delay`` seconds, so that it
+    trips only when the loop stops ticking.
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         interval: float,
         wake_watchdog: threading.Event,
+        record: Callable[[Tick], None] | None = None,
+        deadman: DeadManSwitch | None = None,
+        deadman_delay: float = 0.0,
     ) -> None:
         self.loop = loop
         self.interval = interval
-        self.ticks: deque[Tick] = deque(maxlen=4096)
+        self.ticks: deque[Tick] = deque(maxlen=TICKS_KEPT)
         self.thread_id: int | None = None
         self.native_thread_id: int | None = None
         self.thread_name = ""
         self.last_ran: float | None = None
         self.watchdog_waiting = False
         self._wake_watchdog = wake_watchdog
+        self._record = record
+        self._number = 0
+        self._deadman = deadman
+        self._deadman_delay = deadman_delay
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._running = False
@@ -74,21 +99,25 @@ class Heartbeat:
         self.thread_name = thread.name
         self._due = monotonic()
         self._tick()
+        if self._deadman is not None:
+            self._deadman.trip()  # the watchdog, waiting for a first tick, starts its watch
 
     def _tick(self) -> None:
         now = monotonic()
-        self.ticks.append(
-            Tick(
-                self._due,
-                now,
-                GC_CLOCK.total,
-                thread_time(),
-                process_time(),
-            )
-        )
+        self._number += 1
+        tick = Tick(self._number, self._due, now, GC_CLOCK.total, thread_time(), process_time())
+        self.ticks.append(tick)
         self.last_ran = now
         if self.watchdog_waiting:
             self._wake_watchdog.set()
         if self._running:
+            if self._deadman is not None:
+                self._deadman.reset(self._deadman_delay)
             self._due = now + self.interval
             self._handle = self.loop.call_later(self.interval, self._tick)
+        if self._record is not None:
+            try:
+                self._record(tick)
+            except Exception:  # never let metrics stop the heartbeat
+                self._record = None
+                logger.exception("loopwatch stopped recording loop delay metrics")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from time import monotonic
 
 from .config import Config
+from .deadman import DeadManSwitch
 from .heartbeat import Heartbeat, Tick
 from .inflight import InflightRequests, OpenStall
 from .sampler import take_sample
@@ -34,6 +35,10 @@ logger = logging.getLogger("loopwatch")
 MIN_SCHED_WINDOW = 0.02
 """Shortest window over which the loop thread's scheduler counters are trusted."""
 
+PAUSED_CHECK = 1.0
+"""How often a watchdog with a dead man's switch looks at a loop that is not running
+(to notice it was closed). While the loop runs, only the switch wakes it."""
+
 
 def held_off_tolerance(threshold: float) -> float:
     """How late a wake-up may be before the watchdog counts as held off.
@@ -47,9 +52,6 @@ def held_off_tolerance(threshold: float) -> float:
 
 class StallListener:
     """What the watchdog tells the reporting side. Every method runs on the watchdog thread."""
-
-    def on_tick(self, tick: Tick, delay: float) -> None:
-        """Every heartbeat, with its delay in seconds."""
 
     def on_stall_started(self, stall: Stall) -> None:
         """A stall reached the threshold and is still going on (first sample taken)."""
@@ -72,6 +74,7 @@ class Watchdog:
         on_exit: Callable[[BaseException | None], None],
         inflight: InflightRequests,
         utilization: UtilizationClock | None = None,
+        deadman: DeadManSwitch | None = None,
     ) -> None:
         self._loop = loop
         self._heartbeat = heartbeat
@@ -80,6 +83,7 @@ class Watchdog:
         self._wake = wake
         self._on_exit = on_exit
         self._inflight = inflight
+        self._deadman = deadman
         self._finder = CulpritFinder(config.skip_modules)
         self._tolerance = held_off_tolerance(config.threshold)
         self.utilization = utilization
@@ -107,6 +111,8 @@ class Watchdog:
         """Ask the thread to end and wait for it (not from the watchdog thread itself)."""
         self._stopping.set()
         self._wake.set()
+        if self._deadman is not None:
+            self._deadman.trip()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -114,12 +120,7 @@ class Watchdog:
         error: BaseException | None = None
         try:
             while not self._stopping.is_set() and not self._loop.is_closed():
-                intended = self._next_wake()
-                timeout = intended - monotonic()
-                if timeout > 0 and self._wake.wait(timeout):
-                    self._wake.clear()
-                woke = monotonic()
-                on_time = woke - intended <= self._tolerance
+                woke, on_time = self._wait()
                 if not on_time:
                     self._held_off_until = woke
                 self._process_ticks()
@@ -132,6 +133,29 @@ class Watchdog:
             self._schedstat.close()
         if not self._stopping.is_set():  # the loop closed, or an internal error
             self._on_exit(error)
+
+    def _wait(self) -> tuple[float, bool]:
+        """Sleep until a stall may need attention; when it woke, and whether on time.
+
+        With a dead man's switch and no stall under way, it sleeps until the switch trips
+        (the heartbeat is ``threshold`` overdue): a healthy loop never wakes it, so it never
+        competes for the GIL. Else it sleeps until the next check of :meth:`_next_wake`,
+        or a tick ending the stall.
+        """
+        deadman = self._deadman
+        if deadman is not None and self._stall is None:
+            idle = self._paused or self._heartbeat.last_ran is None
+            if not deadman.wait(PAUSED_CHECK if idle else None):
+                return monotonic(), True  # no deadline passed
+            woke = monotonic()
+            intended = self._next_wake()  # when it tripped, or later if ticked since
+        else:
+            intended = self._next_wake()
+            timeout = intended - monotonic()
+            if timeout > 0 and self._wake.wait(timeout):
+                self._wake.clear()
+            woke = monotonic()
+        return woke, woke - intended <= self._tolerance
 
     def _next_wake(self) -> float:
         config = self._config
@@ -159,10 +183,7 @@ class Watchdog:
             if self._paused:
                 self._paused = False
                 continue
-            self._listener.on_tick(tick, max(0.0, tick.ran - tick.due))
-            if self.utilization is not None:
-                self.utilization.on_tick(tick)
-            if before is not None:
+            if before is not None and before.number + 1 == tick.number:  # else: a gap
                 self._close_stall(before, tick)
 
     def _close_stall(self, before: Tick, tick: Tick) -> None:

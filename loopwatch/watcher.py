@@ -11,6 +11,7 @@ from types import TracebackType
 from opentelemetry import metrics, trace
 
 from .config import Config, resolve_config
+from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat
 from .inflight import InflightRequests
@@ -122,6 +123,8 @@ class LoopWatch:
         parts, self._parts = self._parts, None
         if parts is not None:
             parts.heartbeat.stop()
+            if parts.deadman is not None:
+                parts.deadman.close()
 
     async def __aenter__(self) -> LoopWatch:
         return self.start(asyncio.get_running_loop())
@@ -145,11 +148,22 @@ class _Running:
     def __init__(self, owner: LoopWatch, loop: asyncio.AbstractEventLoop) -> None:
         config = owner.config
         wake = threading.Event()
-        self.heartbeat = Heartbeat(loop, config.interval, wake)
         self.metrics = metrics_for(owner._meter_provider)
         utilization = UtilizationClock() if config.measure_utilization else None
         self.gauges = LoopGauges(
-            self.heartbeat, lambda: self.watchdog.ongoing_stall_seconds, utilization
+            lambda: self.heartbeat.thread_name,
+            self.metrics.delay,
+            lambda: self.watchdog.ongoing_stall_seconds,
+            utilization,
+        )
+        self.deadman = DeadManSwitch.create()
+        self.heartbeat = Heartbeat(
+            loop,
+            config.interval,
+            wake,
+            self.gauges.record_tick,
+            self.deadman,
+            config.interval / 2 + config.threshold,
         )
         self.reporter = Reporter(
             config,
@@ -169,6 +183,7 @@ class _Running:
             owner._watchdog_exited,
             owner.inflight,
             utilization,
+            self.deadman,
         )
         self.metrics.add_loop(self.gauges)
         GC_CLOCK.acquire()
@@ -178,6 +193,8 @@ class _Running:
     def stop(self) -> None:
         self.watchdog.stop()
         self.heartbeat.stop()
+        if self.deadman is not None:
+            self.deadman.close()
         self.reporter.close()
         self.metrics.remove_loop(self.gauges)
         GC_CLOCK.release()

@@ -1,8 +1,9 @@
 """Loop metrics through the OpenTelemetry metrics API (meter ``loopwatch``).
 
-Instruments are created once per meter provider and shared by every watched loop;
-the observable ones read each loop's :class:`LoopGauges`, which live off the loop, so a
-scrape served from another thread sees a stuck loop.
+Instruments are created once per meter provider and shared by every watched loop. The
+heartbeat records each tick's delay on the loop thread (in memory, a few microseconds);
+the observable instruments read each loop's :class:`LoopGauges` from the collecting
+thread, so a scrape served from another thread sees a stuck loop as stuck.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .._version import __version__
-from ..heartbeat import Heartbeat
+from ..heartbeat import Tick
 from ..utilization import UtilizationClock
 
 DELAY_BUCKETS = (
@@ -25,30 +26,41 @@ BLOCK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class LoopGauges:
-    """The per-loop state behind the observable instruments."""
+    """The per-loop metrics state: :meth:`record_tick` runs on the loop thread at every
+    heartbeat (in-memory only), the ``take_*`` methods on the collecting thread."""
 
     def __init__(
         self,
-        heartbeat: Heartbeat,
+        thread_name: Callable[[], str],
+        delay: metrics.Histogram,
         ongoing_seconds: Callable[[], float],
         utilization: UtilizationClock | None,
     ) -> None:
-        self._heartbeat = heartbeat
+        self._thread_name = thread_name
+        self._delay = delay
         self.ongoing_seconds = ongoing_seconds
         self.utilization = utilization
+        self._lock = threading.Lock()
         self._max_delay = 0.0
         self._last_totals = (0.0, 0.0)
 
     @property
     def thread_name(self) -> str:
-        return self._heartbeat.thread_name
+        return self._thread_name()
 
-    def saw_delay(self, delay: float) -> None:
-        self._max_delay = max(self._max_delay, delay)
+    def record_tick(self, tick: Tick) -> None:
+        """A heartbeat ran: record its delay (and the loop's busy time)."""
+        delay = max(0.0, tick.ran - tick.due)
+        self._delay.record(delay)
+        with self._lock:
+            self._max_delay = max(self._max_delay, delay)
+        if self.utilization is not None:
+            self.utilization.on_tick(tick)
 
     def take_max_delay(self) -> float:
         """The largest delay since the previous call."""
-        value, self._max_delay = self._max_delay, 0.0
+        with self._lock:
+            value, self._max_delay = self._max_delay, 0.0
         return value
 
     def take_utilization(self) -> float | None:

@@ -51,10 +51,6 @@ class Reporter(StallListener):
         self._hook_failed = False
         self._reported: dict[int, tuple[bool, int]] = {}
 
-    def on_tick(self, tick: Tick, delay: float) -> None:
-        self._metrics.delay.record(delay)
-        self._gauges.saw_delay(delay)
-
     def on_stall_started(self, stall: Stall) -> None:
         if self._config.dump_after > 0:
             dump.arm(self, self._config.dump_after - (monotonic() - stall.start))

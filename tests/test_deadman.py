@@ -1,0 +1,110 @@
+"""The dead man's switch: the watchdog sleeps while the loop ticks, and wakes for a stall.
+
+Without it the watchdog wakes every ``threshold`` and needs the GIL each time, which on a
+busy loop costs a GIL convoy (see docs/benchmarks.md); these tests count its wake-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import loopwatch
+from loopwatch import BlockEvent
+from loopwatch.deadman import DeadManSwitch
+
+from . import workloads
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux", reason="the dead man's switch is a Linux timerfd"
+)
+
+Run = Callable[[Callable[[], Awaitable[Any]]], Any]
+
+
+def test_switch_trips_only_when_not_reset() -> None:
+    switch = DeadManSwitch.create()
+    assert switch is not None
+    try:
+        switch.reset(0.1)
+        for _ in range(5):  # kept alive for 0.25 s: never trips
+            assert not switch.wait(0.05)
+            switch.reset(0.1)
+        started = time.monotonic()
+        assert switch.wait(1.0), "not reset for 0.1 s: it trips"
+        assert 0.05 <= time.monotonic() - started <= 0.5
+        assert not switch.wait(0.05), "a trip is reported once"
+        switch.trip()
+        assert switch.wait(1.0), "trip() wakes a waiter at once"
+    finally:
+        switch.close()
+    switch.reset(0.1)  # after close (a tick racing stop()): ignored, no error
+
+
+def _voluntary_switches(native_id: int) -> int:
+    """How many times a thread of this process went to sleep so far (Linux)."""
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("voluntary_ctxt"))
+    return int(line.split()[1])
+
+
+def _watchdog_native_id() -> int:
+    (thread,) = [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
+    assert thread.native_id is not None
+    return thread.native_id
+
+
+def test_watchdog_sleeps_while_the_loop_is_healthy_and_wakes_for_a_stall(run: Run) -> None:
+    """Over 2 s of a busy, healthy loop the watchdog does not wake (it would every 100 ms
+    otherwise, and wait for the GIL each time); a stall still gets a live sample."""
+    events: list[BlockEvent] = []
+
+    async def scenario() -> int:
+        async with loopwatch.LoopWatch(0.1, on_block=events.append):
+            await asyncio.sleep(0.2)
+            watchdog = _watchdog_native_id()
+            before = _voluntary_switches(watchdog)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # busy but healthy: 1 ms callbacks
+                workloads.spin(0.001)
+                await asyncio.sleep(0)
+            wakes = _voluntary_switches(watchdog) - before
+            workloads.spin(0.3)
+            await asyncio.sleep(0.2)
+        return wakes
+
+    wakes = run(scenario)
+    assert wakes <= 2, f"the watchdog woke {wakes} times in 2 s of a healthy loop"
+    culprits = [event.culprit.function for event in events if event.culprit and not event.ongoing]
+    assert culprits == ["tests.workloads.spin"]
+    assert any(event.ongoing for event in events), "the stall was seen while it lasted"
+
+
+def test_without_the_switch_the_watchdog_polls(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is no timerfd (not Linux) the watchdog wakes every threshold instead:
+    the same stalls are found, and metrics are as fresh."""
+    monkeypatch.setattr(DeadManSwitch, "create", classmethod(lambda cls: None))
+    events: list[BlockEvent] = []
+
+    async def scenario() -> int:
+        async with loopwatch.LoopWatch(0.1, on_block=events.append):
+            await asyncio.sleep(0.2)
+            watchdog = _watchdog_native_id()
+            before = _voluntary_switches(watchdog)
+            await asyncio.sleep(1.0)
+            wakes = _voluntary_switches(watchdog) - before
+            workloads.spin(0.3)
+            await asyncio.sleep(0.2)
+        return wakes
+
+    wakes = run(scenario)
+    assert wakes >= 8, f"polling every 100 ms: woke {wakes} times in 1 s"
+    culprits = [event.culprit.function for event in events if event.culprit and not event.ongoing]
+    assert culprits == ["tests.workloads.spin"]
