@@ -99,8 +99,6 @@ class Heartbeat:
         self.thread_name = thread.name
         self._due = monotonic()
         self._tick()
-        if self._deadman is not None:
-            self._deadman.trip()  # the watchdog, waiting for a first tick, starts its watch
 
     def _tick(self) -> None:
         now = monotonic()

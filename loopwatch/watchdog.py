@@ -144,9 +144,10 @@ class Watchdog:
         """
         deadman = self._deadman
         if deadman is not None and self._stall is None:
-            idle = self._paused or self._heartbeat.last_ran is None
-            if not deadman.wait(PAUSED_CHECK if idle else None):
-                return monotonic(), True  # no deadline passed
+            if self._paused or self._heartbeat.last_ran is None:
+                return self._wait_for_ticks(), True
+            if not deadman.wait(None):
+                return monotonic(), True
             woke = monotonic()
             intended = self._next_wake()  # when it tripped, or later if ticked since
         else:
@@ -156,6 +157,16 @@ class Watchdog:
                 self._wake.clear()
             woke = monotonic()
         return woke, woke - intended <= self._tolerance
+
+    def _wait_for_ticks(self) -> float:
+        """Until the loop (re)starts ticking (its next tick wakes the thread), or for
+        :data:`PAUSED_CHECK` (to notice that it was closed)."""
+        heartbeat = self._heartbeat
+        heartbeat.watchdog_waiting = True
+        if self._wake.wait(PAUSED_CHECK):
+            self._wake.clear()
+        heartbeat.watchdog_waiting = False
+        return monotonic()
 
     def _next_wake(self) -> float:
         config = self._config
