@@ -429,7 +429,7 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         f"**Code.** loopwatch, example and bench at commit `{_code(results)}`.",
         "",
         "**loopwatch configuration.** Default everywhere (`threshold=0.1` s, "
-        "`interval=threshold/10`, `measure_utilization=True`, `max_frames=64`), except where "
+        "`interval=threshold/20`, `measure_utilization=True`, `max_frames=64`), except where "
         "a table says otherwise. The `on_block` hook only counts stalls.",
         "",
         "**Noise.** This machine is shared: other processes used a median of "
