@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from collections import deque
@@ -70,6 +71,9 @@ class Heartbeat:
         self.watchdog_waiting = False
         self._wake_watchdog = wake_watchdog
         self._record = record
+        # Ticks run in an empty context, not in that of whoever started the watcher (a
+        # request's span would otherwise be current in every tick's metrics, as exemplar).
+        self._context = contextvars.Context()
         self._number = 0
         self._deadman = deadman
         self._deadman_delay = deadman_delay
@@ -80,7 +84,7 @@ class Heartbeat:
     def start(self) -> None:
         """Begin ticking; safe to call from any thread."""
         self._running = True
-        self.loop.call_soon_threadsafe(self._first_tick)
+        self.loop.call_soon_threadsafe(self._first_tick, context=self._context)
 
     def stop(self) -> None:
         """Stop rescheduling; safe to call from any thread."""
@@ -112,7 +116,7 @@ class Heartbeat:
             if self._deadman is not None:
                 self._deadman.reset(self._deadman_delay)
             self._due = now + self.interval
-            self._handle = self.loop.call_later(self.interval, self._tick)
+            self._handle = self.loop.call_later(self.interval, self._tick, context=self._context)
         if self._record is not None:
             try:
                 self._record(tick)

@@ -46,8 +46,10 @@ def held_off_tolerance(threshold: float) -> float:
     Pure Python code hands the GIL over within the switch interval (5 ms by default);
     a busy machine adds scheduling latency on top. Later than this, something kept the
     watchdog from the GIL (a C call) or from the CPU (the process was not scheduled).
+    At most 0.4 x threshold (40 ms by default), so that a GIL-holding call of 1.5 x
+    threshold is told from a CPU stall with room for the start estimate's error.
     """
-    return max(4 * sys.getswitchinterval(), min(0.05, threshold / 2))
+    return max(4 * sys.getswitchinterval(), min(0.04, 0.4 * threshold))
 
 
 class StallListener:

@@ -168,3 +168,26 @@ def test_instruments_are_shared_by_loops_on_one_provider(telemetry: Telemetry, k
         ongoing = points["asyncio.eventloop.block.ongoing"]
         names = {dict(point.attributes)["thread.name"] for point in ongoing}
         assert names == {"loop-0", "loop-1"}
+
+
+def test_ticks_do_not_carry_the_span_of_whoever_started_the_watcher(
+    run: Run, telemetry: Telemetry
+) -> None:
+    """A watcher started inside a request (no lifespan) must not make that request's span
+    the exemplar of every delay it records afterwards."""
+    tracer = telemetry.tracer_provider.get_tracer("test")
+
+    async def scenario() -> dict[str, list[Any]]:
+        with tracer.start_as_current_span("first request"):
+            watcher = loopwatch.LoopWatch(0.1, meter_provider=telemetry.meter_provider).start()
+        await asyncio.sleep(0.2)
+        points = await asyncio.to_thread(telemetry.metrics)
+        watcher.stop()
+        return points
+
+    points = run(scenario)
+    (delay,) = points["asyncio.eventloop.delay"]
+    assert delay.count >= 20
+    (request,) = telemetry.spans.get_finished_spans()
+    traced = [e for e in delay.exemplars if e.trace_id == request.context.trace_id]
+    assert traced == []
