@@ -21,7 +21,8 @@ CURRENT_REQUEST: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "loopwatch_request", default=None
 )
 """The serial number of the request a task serves. A number rather than the
-:class:`Request`: a plain int in the request's context measurably costs the server less."""
+:class:`Request`: tasks a request spawns keep its context, and with it the request's
+scope, alive long after it ended; a number keeps nothing alive and is never reused."""
 
 _serials = itertools.count(1)
 
