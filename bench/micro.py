@@ -48,7 +48,7 @@ LOOPWATCH_NO_CLOCK = "loopwatch, measure_utilization=False"
 PENDING_TIMER = "none, one timer pending"
 """No monitor, but one idle timer in the loop (a task in a long ``asyncio.sleep``), as
 any server has (keep-alive timeouts, sleeps): the stdlib loop then checks its timer heap
-at every iteration, which is what loopwatch's heartbeat costs a bare loop."""
+at every iteration, as it does for loopwatch's heartbeat. The baseline a real app has."""
 
 SHAPES = {"100 tasks x 4000": (100, 4000), "1 task x 400000": (1, 400_000)}
 
