@@ -39,15 +39,19 @@ class Telemetry:
 
     def metrics(self) -> dict[str, list[Any]]:
         """Data points by metric name, from one collection."""
-        data: MetricsData | None = self.reader.get_metrics_data()
-        points: dict[str, list[Any]] = {}
-        if data is None:
-            return points
-        for resource in data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    points.setdefault(metric.name, []).extend(metric.data.data_points)
+        return points_by_metric(self.reader.get_metrics_data())
+
+
+def points_by_metric(data: MetricsData | None) -> dict[str, list[Any]]:
+    """The data points of one collection, by metric name."""
+    points: dict[str, list[Any]] = {}
+    if data is None:
         return points
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    return points
 
 
 @pytest.fixture

@@ -61,9 +61,17 @@ def _watchdog_native_id() -> int:
     return thread.native_id
 
 
-def test_watchdog_sleeps_while_the_loop_is_healthy_and_wakes_for_a_stall(run: Run) -> None:
-    """Over 2 s of a busy, healthy loop the watchdog does not wake (it would every 100 ms
-    otherwise, and wait for the GIL each time); a stall still gets a live sample."""
+async def _busy_but_healthy(seconds: float) -> None:
+    """Keep the loop busy with 1 ms callbacks, yielding between them."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        workloads.spin(0.001)
+        await asyncio.sleep(0)
+
+
+def _watch_then_stall(run: Run, healthy_for: float) -> tuple[int, list[BlockEvent]]:
+    """The watchdog's wake-ups during ``healthy_for`` seconds of a busy healthy loop, then
+    the events of a 300 ms stall."""
     events: list[BlockEvent] = []
 
     async def scenario() -> int:
@@ -71,40 +79,32 @@ def test_watchdog_sleeps_while_the_loop_is_healthy_and_wakes_for_a_stall(run: Ru
             await asyncio.sleep(0.2)
             watchdog = _watchdog_native_id()
             before = _voluntary_switches(watchdog)
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:  # busy but healthy: 1 ms callbacks
-                workloads.spin(0.001)
-                await asyncio.sleep(0)
+            await _busy_but_healthy(healthy_for)
             wakes = _voluntary_switches(watchdog) - before
             workloads.spin(0.3)
             await asyncio.sleep(0.2)
         return wakes
 
-    wakes = run(scenario)
+    return run(scenario), events
+
+
+def _culprits(events: list[BlockEvent]) -> list[str]:
+    return [event.culprit.function for event in events if event.culprit and not event.ongoing]
+
+
+def test_watchdog_sleeps_while_the_loop_is_healthy_and_wakes_for_a_stall(run: Run) -> None:
+    """Over 2 s of a busy, healthy loop the watchdog does not wake (it would every 100 ms
+    otherwise, and wait for the GIL each time); a stall still gets a live sample."""
+    wakes, events = _watch_then_stall(run, 2.0)
     assert wakes <= 2, f"the watchdog woke {wakes} times in 2 s of a healthy loop"
-    culprits = [event.culprit.function for event in events if event.culprit and not event.ongoing]
-    assert culprits == ["tests.workloads.spin"]
+    assert _culprits(events) == ["tests.workloads.spin"]
     assert any(event.ongoing for event in events), "the stall was seen while it lasted"
 
 
 def test_without_the_switch_the_watchdog_polls(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where there is no timerfd (not Linux) the watchdog wakes every threshold instead:
-    the same stalls are found, and metrics are as fresh."""
+    """Where there is no timerfd (not Linux) the watchdog wakes every threshold instead,
+    and finds the same stalls."""
     monkeypatch.setattr(DeadManSwitch, "create", classmethod(lambda cls: None))
-    events: list[BlockEvent] = []
-
-    async def scenario() -> int:
-        async with loopwatch.LoopWatch(0.1, on_block=events.append):
-            await asyncio.sleep(0.2)
-            watchdog = _watchdog_native_id()
-            before = _voluntary_switches(watchdog)
-            await asyncio.sleep(1.0)
-            wakes = _voluntary_switches(watchdog) - before
-            workloads.spin(0.3)
-            await asyncio.sleep(0.2)
-        return wakes
-
-    wakes = run(scenario)
+    wakes, events = _watch_then_stall(run, 1.0)
     assert wakes >= 8, f"polling every 100 ms: woke {wakes} times in 1 s"
-    culprits = [event.culprit.function for event in events if event.culprit and not event.ongoing]
-    assert culprits == ["tests.workloads.spin"]
+    assert _culprits(events) == ["tests.workloads.spin"]

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from ..conftest import points_by_metric
 from .apps.inprocess import Instrument, Probe, Providers, build_fastapi, culprit_name
 from .server import wait_until
 
@@ -97,16 +98,10 @@ class Otel:
 
     def metric_points(self, name: str, **attributes: str) -> list[Any]:
         """The data points of metric ``name`` whose attributes include ``attributes``."""
-        data = self.reader.get_metrics_data()
-        if data is None:
-            return []
+        points = points_by_metric(self.reader.get_metrics_data()).get(name, [])
         return [
             point
-            for resource in data.resource_metrics
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == name
-            for point in metric.data.data_points
+            for point in points
             if all((point.attributes or {}).get(key) == v for key, v in attributes.items())
         ]
 
