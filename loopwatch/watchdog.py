@@ -246,6 +246,8 @@ class Watchdog:
             return  # the loop runs again: its first tick resets the reference point
         start = self._estimated_start(last_ran)
         if now - start < self._config.threshold:
+            if self._deadman is not None:  # woken early: make sure the switch trips in time
+                self._deadman.reset(start + self._config.threshold - now)
             return
         stall = Stall(start=start, number=next(self._numbers), watchdog_held_off=not on_time)
         self._sched_at_detection = self._read_schedstat()
