@@ -82,13 +82,14 @@ class DeadManSwitch:
         return cls(fd, arm)
 
     def reset(self, delay: float) -> None:
-        """(Re)start the countdown: the switch trips ``delay`` seconds from now."""
+        """(Re)start the countdown: the switch trips ``delay`` seconds from now (at least
+        a microsecond: a zero delay would disarm the timer instead)."""
         with contextlib.suppress(OSError):  # closed by a stop() racing this tick
-            self._arm(delay)
+            self._arm(max(delay, 1e-6))
 
     def trip(self) -> None:
         """Trip the switch now (to wake a waiting watchdog, e.g. to stop it)."""
-        self.reset(1e-9)
+        self.reset(0.0)
 
     def wait(self, timeout: float | None) -> bool:
         """Block up to ``timeout`` seconds (``None``: until it trips); whether it tripped."""

@@ -108,3 +108,16 @@ def test_without_the_switch_the_watchdog_polls(run: Run, monkeypatch: pytest.Mon
     wakes, events = _watch_then_stall(run, 1.0)
     assert wakes >= 8, f"polling every 100 ms: woke {wakes} times in 1 s"
     assert _culprits(events) == ["tests.workloads.spin"]
+
+
+def test_a_zero_or_negative_delay_trips_at_once() -> None:
+    """timerfd disarms on a zero delay: reset() must never do that (a watchdog waiting on a
+    disarmed switch would sleep through a stall)."""
+    switch = DeadManSwitch.create()
+    assert switch is not None
+    try:
+        for delay in (0.0, 1e-12, -0.5):
+            switch.reset(delay)
+            assert switch.wait(1.0), f"reset({delay}) did not trip"
+    finally:
+        switch.close()
