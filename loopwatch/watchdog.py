@@ -40,6 +40,13 @@ PAUSED_CHECK = 1.0
 (to notice it was closed). While the loop runs, only the switch wakes it."""
 
 
+def detection_delay(config: Config) -> float:
+    """How long after a tick the watchdog takes the loop for stalled: a stall that began
+    after the tick is estimated to have begun half an interval later (see
+    ``Watchdog._estimated_start``), and it is one once it lasts ``threshold``."""
+    return config.interval / 2 + config.threshold
+
+
 def held_off_tolerance(threshold: float) -> float:
     """How late a wake-up may be before the watchdog counts as held off.
 
@@ -148,8 +155,7 @@ class Watchdog:
         if deadman is not None and self._stall is None:
             if self._paused or self._heartbeat.last_ran is None:
                 return self._wait_for_ticks(), True
-            if not deadman.wait(None):
-                return monotonic(), True
+            deadman.wait(None)  # returns only when it trips
             woke = monotonic()
             intended = self._next_wake()  # when it tripped, or later if ticked since
         else:
@@ -177,7 +183,7 @@ class Watchdog:
             return monotonic() + config.interval
         if self._stall is not None:
             return self._next_sample_at
-        return self._estimated_start(last_ran) + config.threshold
+        return last_ran + detection_delay(config)
 
     def _estimated_start(self, last_ran: float) -> float:
         """When a stall that began after the tick at ``last_ran`` most likely began.

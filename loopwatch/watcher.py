@@ -18,7 +18,7 @@ from .inflight import InflightRequests
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
 from .utilization import UtilizationClock
-from .watchdog import Watchdog
+from .watchdog import Watchdog, detection_delay
 
 logger = logging.getLogger("loopwatch")
 
@@ -163,13 +163,12 @@ class _Running:
             wake,
             self.gauges.record_tick,
             self.deadman,
-            config.interval / 2 + config.threshold,
+            detection_delay(config),
         )
         self.reporter = Reporter(
             config,
             self.heartbeat,
             self.metrics,
-            self.gauges,
             owner._tracer_provider,
             owner.inflight,
             owner._on_block,

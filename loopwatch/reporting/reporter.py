@@ -19,7 +19,7 @@ from ..stall import Stall
 from ..watchdog import StallListener
 from .describe import Description, describe
 from .logs import log_stall
-from .metrics import LoopGauges, LoopMetrics
+from .metrics import LoopMetrics
 from .spans import SpanReporter
 
 logger = logging.getLogger("loopwatch")
@@ -28,14 +28,13 @@ BlockHook = Callable[[BlockEvent], None]
 
 
 class Reporter(StallListener):
-    """Metrics for every tick and stall; logs, spans and hooks for unsuppressed stalls."""
+    """Metrics for every stall; logs, spans and hooks for unsuppressed stalls."""
 
     def __init__(
         self,
         config: Config,
         heartbeat: Heartbeat,
         metrics: LoopMetrics,
-        gauges: LoopGauges,
         tracer_provider: trace.TracerProvider | None,
         inflight: InflightRequests,
         on_block: BlockHook | None,
@@ -43,7 +42,6 @@ class Reporter(StallListener):
         self._config = config
         self._heartbeat = heartbeat
         self._metrics = metrics
-        self._gauges = gauges
         self._spans = SpanReporter(tracer_provider, config)
         self._inflight = inflight
         self._on_block = on_block
