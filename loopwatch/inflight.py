@@ -34,26 +34,35 @@ class Request:
     ``stall_delays`` maps each stall that held the request up (by number) to how long it
     did; the watchdog and the request's own ending may both settle a stall, and the
     first to do so wins (``dict.setdefault`` is atomic).
+
+    The ASGI scope is held only while the request is in flight: a finished request keeps
+    its method and matched route, not the scope and everything it references (keeping
+    scopes of finished requests alive costs every request cache misses).
     """
 
-    __slots__ = ("ended", "scope", "serial", "span", "stall_delays", "started")
+    __slots__ = ("_method", "_route", "ended", "scope", "serial", "span", "stall_delays", "started")
 
     def __init__(self, scope: MutableMapping[str, Any], span: trace.Span | None) -> None:
-        self.scope = scope
+        self.scope: MutableMapping[str, Any] | None = scope
         self.span = span
         self.serial = next(_serials)
         self.started = monotonic()
         self.ended: float | None = None
         self.stall_delays: dict[int, float] | None = None
+        self._method: object = None
+        self._route: object = None
 
     @property
     def method(self) -> str:
-        return str(self.scope.get("method", ""))
+        scope = self.scope
+        method = scope.get("method") if scope is not None else self._method
+        return str(method or "")
 
     @property
     def route(self) -> str | None:
         """The route template (``/items/{item_id}``) once the router has matched it."""
-        route = self.scope.get("route")
+        scope = self.scope
+        route = scope.get("route") if scope is not None else self._route
         path = getattr(route, "path_format", None) or getattr(route, "path", None)
         return path if isinstance(path, str) else None
 
@@ -85,7 +94,7 @@ class InflightRequests:
 
     A request held up by a stall often finishes right after it, before the watchdog has
     closed the stall: it is kept among the recent ones so the stall still links it, and
-    :meth:`remove` settles the open stall's delay while its span is still open. The
+    :meth:`finish` settles the open stall's delay while its span is still open. The
     watchdog sets :attr:`open_stall` while a stall is seen and not yet reported.
     """
 
@@ -94,8 +103,11 @@ class InflightRequests:
         self._recent: deque[Request] = deque(maxlen=256)
         self.open_stall: OpenStall | None = None
 
-    def add(self, request: Request) -> None:
+    def start(self, scope: MutableMapping[str, Any], span: trace.Span | None) -> Request:
+        """A request begins (on the loop thread)."""
+        request = Request(scope, span)
         self._requests[request.serial] = request
+        return request
 
     def get(self, serial: int) -> Request | None:
         """The request in flight with this serial number, if any."""
@@ -111,9 +123,13 @@ class InflightRequests:
             request = next((r for r in reversed(list(self._recent)) if r.serial == serial), None)
         return request
 
-    def remove(self, request: Request) -> None:
+    def finish(self, request: Request) -> None:
         """The request is done (on the loop thread): settle what an open stall cost it."""
         request.ended = now = monotonic()
+        scope = request.scope
+        if scope is not None:  # keep what describes it, not the scope (see Request)
+            request._method, request._route = scope.get("method"), scope.get("route")
+            request.scope = None  # after the copies: a reader on another thread sees either
         self._recent.append(request)  # before leaving the in-flight set: never in neither
         del self._requests[request.serial]
         stall = self.open_stall

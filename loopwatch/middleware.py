@@ -21,6 +21,7 @@ from .config import resolve_config
 from .inflight import CURRENT_REQUEST, InflightRequests, Request
 from .metrics_server import requested_server, start_metrics_server
 from .reporting.reporter import BlockHook
+from .task_context import otel_context_variable
 from .watcher import LoopWatch
 
 logger = logging.getLogger("loopwatch")
@@ -83,37 +84,29 @@ class LoopWatchMiddleware:
         self._watchers: dict[asyncio.AbstractEventLoop, LoopWatch | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._serve_http(scope, receive, send)
-        elif kind == "lifespan":
-            try:
-                await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
-            finally:
-                self._release()  # also when start-up failed: no shutdown will follow
-        else:
-            await self.app(scope, receive, send)
-
-    async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Runs for every request: kept to a few dictionary and attribute operations.
+        if scope["type"] != "http":
+            await self._serve_other(scope, receive, send)
+            return
+        # Runs for every request: a few dictionary and attribute operations, no coroutine
+        # of its own, and nothing that outlives the request (see Request). Measured in
+        # instructions per request by bench/instructions.py.
         watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
         if watcher is _NOT_STARTED:
-            watcher = self._watcher()
-            if watcher is not None:
-                # No lifespan: the watcher starts with this request. Yield once so that the
-                # heartbeat's first tick runs; a stall in this very request is then seen.
-                await asyncio.sleep(0)
+            watcher = await self._start_without_lifespan()
         if watcher is None:
             await self.app(scope, receive, send)
             return
+        span: trace.Span | None = None
+        if _OTEL_CONTEXT is None or _OTEL_CONTEXT.get(None) is not None:  # else: no span here
+            span = trace.get_current_span()
+            if not span.is_recording():
+                span = None
         inflight = watcher.inflight
-        span = trace.get_current_span()
         outer = CURRENT_REQUEST.get()
         if outer is not None and (outer_request := inflight.get(outer)) is not None:
             await self._serve_nested(outer_request, span, scope, receive, send)
             return
-        request = Request(scope, span if span.is_recording() else None)
-        inflight.add(request)
+        request = inflight.start(scope, span)
         token = CURRENT_REQUEST.set(request.serial)
         try:
             if request.span is None:
@@ -123,22 +116,42 @@ class LoopWatchMiddleware:
         finally:
             CURRENT_REQUEST.reset(token)
             if request.ended is None:
-                inflight.remove(request)
+                inflight.finish(request)
+
+    async def _serve_other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Lifespan (start and release the watcher) and websocket scopes (untouched)."""
+        if scope["type"] == "lifespan":
+            try:
+                await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
+            finally:
+                self._release()  # also when start-up failed: no shutdown will follow
+        else:
+            await self.app(scope, receive, send)
+
+    async def _start_without_lifespan(self) -> LoopWatch | None:
+        """The server runs without lifespan: the watcher starts with the first request.
+        Yields once so that the heartbeat's first tick runs: a stall in this very request
+        is then seen."""
+        watcher = self._watcher()
+        if watcher is not None:
+            await asyncio.sleep(0)
+        return watcher
 
     async def _serve_nested(
-        self, outer: Request, span: trace.Span, scope: Scope, receive: Receive, send: Send
+        self, outer: Request, span: trace.Span | None, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """A request an outer LoopWatchMiddleware on this loop already tracks (a mounted
         sub-app): registering it again would count it as a victim of its own stalls. The
         outer entry takes this app's scope (for the route) and, if it had none, its span."""
         saved_scope = outer.scope
         outer.scope = scope
-        if outer.span is None and span.is_recording():
+        if outer.span is None:
             outer.span = span
         try:
             await self.app(scope, receive, send)
         finally:
-            outer.scope = saved_scope
+            if outer.scope is scope:  # else the outer request ended: it let its scope go
+                outer.scope = saved_scope
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
@@ -211,7 +224,7 @@ def _settle_before_completion(request: Request, inflight: InflightRequests, send
         if kind == "http.response.start":
             trailers = bool(message.get("trailers", False))
         elif request.ended is None and _completes_response(message, trailers):
-            inflight.remove(request)
+            inflight.finish(request)
         await send(message)
 
     return send_and_settle
@@ -225,6 +238,10 @@ def _completes_response(message: Message, trailers: bool) -> bool:
         )
     return message.get("type") == "http.response.body" and not message.get("more_body", False)
 
+
+_OTEL_CONTEXT = otel_context_variable()
+"""OpenTelemetry's context variable: unset in a request's context, there is no span to
+look up (saves most of the middleware's per-request work in an app without tracing)."""
 
 _NOT_STARTED: Any = object()
 """Marks a loop this middleware has not acquired a watcher for yet."""

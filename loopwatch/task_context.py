@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import gc
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -63,4 +64,22 @@ def current_span_in(context: contextvars.Context | None) -> trace.Span | None:
         if isinstance(value, otel_context.Context) and var.name == "current_context":
             span = trace.get_current_span(value)
             return span if span.get_span_context().is_valid else None
+    return None
+
+
+@functools.cache
+def otel_context_variable() -> contextvars.ContextVar[Any] | None:
+    """The context variable OpenTelemetry keeps its current context in, if it uses one.
+
+    Found through the public API: a marker context is attached and looked up among the
+    current ``contextvars``. ``None`` if OpenTelemetry keeps its context elsewhere.
+    """
+    marker = otel_context.Context()
+    token = otel_context.attach(marker)
+    try:
+        for variable, value in contextvars.copy_context().items():
+            if value is marker:
+                return variable
+    finally:
+        otel_context.detach(token)
     return None
