@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import accuracy, memory, micro, overhead, report
+from . import accuracy, instructions, memory, micro, overhead, report
 from .common import RAW_DIR, ROOT, machine
 
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "accuracy": accuracy.run,
     "overhead": overhead.run,
     "memory": memory.run,
+    "instructions": instructions.run,
 }
 NEEDS_WRK = {"overhead", "memory"}
 
@@ -129,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if NEEDS_WRK & set(sections) and shutil.which("wrk") is None:
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
+    if "instructions" in sections and not instructions.available():
+        print("valgrind is not installed (Debian: apt-get install valgrind): "
+              "the instructions section is left out", file=sys.stderr)  # fmt: skip
+        sections.remove("instructions")
     started = time.monotonic()
     results: dict[str, Any] = {
         "machine": machine(),
