@@ -506,12 +506,15 @@ def findings(results: Results) -> list[str]:
             added = (middleware["LoopWatchMiddleware (default)"]["median_us"]
                      - middleware["bare app"]["median_us"])  # fmt: skip
             items.append(
-                f"In a hot in-process loop the middleware adds {added:.1f} µs per request. "
-                "The load-test figure is larger: a `perf` profile of the hello app under "
-                "wrk (Python 3.12 with `-X perf`, 5 s per configuration, commit 393333a) "
-                "put about 0.5 µs of the difference in the interpreter and most of the "
-                "rest in kernel time on the socket wake-up path (how server and wrk "
-                "interleave on two cores), not in work loopwatch does."
+                f"In a hot in-process loop the middleware adds {added:.1f} µs per request; "
+                "under load it costs several times that. Its instructions do not explain "
+                "the difference (see *Instructions per request*: the same ~10,000 in both): "
+                "in a busy server they run with cold caches. A manual split of server CPU "
+                "into user and system time (hello / asyncio, 8 interleaved rounds, before "
+                "commit 02e3686) put the added time in user space, and the recently "
+                "finished requests' ASGI scopes, kept alive for stall reports, cost 1-2 % "
+                "through cache misses alone: a finished request now keeps only its "
+                "method and route."
             )
         rows = {(r["loop"], r["shape"], r["monitor"]): r for r in results["micro"]["rows"]}
         for shape in SHAPE_NAMES:
