@@ -21,7 +21,7 @@ from .config import resolve_config
 from .inflight import CURRENT_REQUEST, InflightRequests, Request
 from .metrics_server import requested_server, start_metrics_server
 from .reporting.reporter import BlockHook
-from .task_context import otel_context_variable
+from .task_context import OTEL_CONTEXT_VARIABLE
 from .watcher import LoopWatch
 
 logger = logging.getLogger("loopwatch")
@@ -96,8 +96,11 @@ class LoopWatchMiddleware:
         if watcher is None:
             await self.app(scope, receive, send)
             return
+        # The span lookup is several Python calls: skipped where no OpenTelemetry context
+        # is attached (an app without tracing).
         span: trace.Span | None = None
-        if _OTEL_CONTEXT is None or _OTEL_CONTEXT.get(None) is not None:  # else: no span here
+        otel_context = OTEL_CONTEXT_VARIABLE
+        if otel_context is None or otel_context.get(None) is not None:
             span = trace.get_current_span()
             if not span.is_recording():
                 span = None
@@ -238,10 +241,6 @@ def _completes_response(message: Message, trailers: bool) -> bool:
         )
     return message.get("type") == "http.response.body" and not message.get("more_body", False)
 
-
-_OTEL_CONTEXT = otel_context_variable()
-"""OpenTelemetry's context variable: unset in a request's context, there is no span to
-look up (saves most of the middleware's per-request work in an app without tracing)."""
 
 _NOT_STARTED: Any = object()
 """Marks a loop this middleware has not acquired a watcher for yet."""

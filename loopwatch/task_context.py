@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import gc
 from typing import Any, NamedTuple
 
@@ -56,19 +55,7 @@ def task_context(task: asyncio.Task[object]) -> contextvars.Context | None:
     return None
 
 
-def current_span_in(context: contextvars.Context | None) -> trace.Span | None:
-    """The OpenTelemetry span that is current inside ``context``, if any."""
-    if context is None:
-        return None
-    for var, value in context.items():
-        if isinstance(value, otel_context.Context) and var.name == "current_context":
-            span = trace.get_current_span(value)
-            return span if span.get_span_context().is_valid else None
-    return None
-
-
-@functools.cache
-def otel_context_variable() -> contextvars.ContextVar[Any] | None:
+def _find_otel_context_variable() -> contextvars.ContextVar[Any] | None:
     """The context variable OpenTelemetry keeps its current context in, if it uses one.
 
     Found through the public API: a marker context is attached and looked up among the
@@ -83,3 +70,19 @@ def otel_context_variable() -> contextvars.ContextVar[Any] | None:
     finally:
         otel_context.detach(token)
     return None
+
+
+OTEL_CONTEXT_VARIABLE = _find_otel_context_variable()
+"""OpenTelemetry's context variable; unset in a context, no OpenTelemetry context (and so
+no span) is attached there."""
+
+
+def current_span_in(context: contextvars.Context | None) -> trace.Span | None:
+    """The OpenTelemetry span that is current inside ``context``, if any."""
+    if context is None or OTEL_CONTEXT_VARIABLE is None:
+        return None
+    attached = context.get(OTEL_CONTEXT_VARIABLE)
+    if attached is None:
+        return None
+    span = trace.get_current_span(attached)
+    return span if span.get_span_context().is_valid else None
