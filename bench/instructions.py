@@ -3,9 +3,10 @@
 The hello app runs under ``valgrind --tool=cachegrind`` in uvicorn and serves a fixed
 number of keep-alive requests from a few client threads, once with few and once with many
 requests: the difference, divided by the extra requests, is the server's instructions per
-request with start-up and shutdown cancelled out. Instruction counts do not move with
-other load on the machine, so a difference of a fraction of a percent is visible, which
-the wrk runs' spread hides.
+request with start-up and shutdown cancelled out. Instruction counts do not depend on other
+load on the machine, but they are not exact either: timers in the server (the bench apps'
+20 ms lag probe) fire per unit of time while valgrind slows requests ~50 times, so the
+same code counted twice differs by a few thousand instructions per request.
 
 The heartbeat runs once a second here (``LOOPWATCH_INTERVAL_MS=1000``): under valgrind
 requests take ~50 times longer, so its time-based ticks would be charged to them; the
