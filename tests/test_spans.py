@@ -208,9 +208,5 @@ def test_log_names_the_culprit_at_the_threshold(
     (record,) = records
     assert record.levelno == logging.WARNING
     message = record.getMessage()
-    # Logged when the stall is first seen: at the 0.1 s threshold, later only if the
-    # watchdog was kept waiting (a busy machine), never after the 0.3 s stall.
-    seen = re.match(r"event loop blocked for (\d+\.\d+) s so far in ", message)
-    assert seen is not None, message
-    assert 0.1 <= float(seen.group(1)) < 0.3, message
+    assert message.startswith("event loop blocked for 0.1"), message
     assert " s so far in tests.workloads.spin (tests/workloads.py:" in message
