@@ -160,7 +160,7 @@ def uvicorn_server(
         )  # fmt: skip
     server = Server(process, port, stderr_path)
     try:
-        _wait_ready(server, ready_path)
+        wait_ready(server, ready_path)
         yield server
     finally:
         if process.poll() is None:
@@ -173,7 +173,8 @@ def uvicorn_server(
         stderr_path.unlink(missing_ok=True)
 
 
-def _wait_ready(server: Server, path: str, timeout: float = 30.0) -> None:
+def wait_ready(server: Server, path: str = "/", timeout: float = 30.0) -> None:
+    """Until ``path`` answers; raises with the server's log if it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

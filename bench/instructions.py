@@ -15,7 +15,6 @@ watcher's own cost is in the wrk runs (*watcher only*).
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import re
@@ -24,10 +23,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from .common import ROOT, free_port
+from .common import ROOT, Server, free_port, wait_ready
 
 FEW, MANY = 300, 1300
 CLIENTS = 4
@@ -56,35 +54,22 @@ def _serve_and_count(env: dict[str, str], requests: int) -> int:
             **os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0",
             "LOOPWATCH_INTERVAL_MS": "1000", "LOOPWATCH_THRESHOLD_MS": "5000",
         }  # fmt: skip
-        process = subprocess.Popen(
-            argv, cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        log = Path(tmp) / "stderr"
+        with open(log, "wb") as stderr:
+            process = subprocess.Popen(
+                argv, cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=stderr
+            )
         try:
-            _wait_ready(port, process)
+            wait_ready(Server(process, port, log), timeout=120.0)
             _load(port, requests)
         finally:
             process.terminate()
-            _, err = process.communicate(timeout=120)
+            process.wait(timeout=120)
+        err = log.read_text(errors="replace")
     found = re.search(r"I\s+refs:\s+([\d,]+)", err)
     if found is None:
         raise RuntimeError(f"no instruction count from valgrind:\n{err[-2000:]}")
     return int(found.group(1).replace(",", ""))
-
-
-def _wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn under valgrind exited with {process.returncode}")
-        with contextlib.suppress(OSError):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            connection.request("GET", "/")
-            connection.getresponse().read()
-            connection.close()
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"uvicorn under valgrind not ready after {timeout} s")
 
 
 def _load(port: int, requests: int) -> None:
