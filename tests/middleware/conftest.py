@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import os
 import threading
@@ -39,18 +38,6 @@ def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("LOOPWATCH_", "OTEL_")):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture(autouse=True)
-def _no_collection_pauses() -> Iterator[None]:
-    """No garbage collection during a test: a full collection of this (large) test process
-    holds the GIL long enough to stall the server's loop, and a stall right before the one
-    a test causes merges with it (loopwatch then takes the request from the earlier part)."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
