@@ -1,30 +1,30 @@
 """Requests in flight on a loop, so a stall can name its culprit request and its victims.
 
-The middleware adds a :class:`Request` when a request starts and removes it when it
-ends, on the loop thread; both are a few dictionary and attribute operations, since they
-run for every request. The watchdog thread reads them after a stall: the culprit from
-the stalled task's context, the victims by time overlap.
+The middleware puts a :class:`Request` in a context variable for the time a request is
+served; that is all it does per request (it runs for every one). Nothing keeps a list:
+the watchdog thread finds the requests through the loop's tasks when a stall happens,
+the culprit in the stalled task's context, the victims in the contexts of the tasks
+waiting on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-import itertools
-from collections import deque
 from collections.abc import MutableMapping
 from time import monotonic
 from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
-CURRENT_REQUEST: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+from .task_context import task_context
+
+CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "loopwatch_request", default=None
 )
-"""The serial number of the request a task serves. A number rather than the
-:class:`Request`: tasks a request spawns keep its context, and with it the request's
-scope, alive long after it ended; a number keeps nothing alive and is never reused."""
-
-_serials = itertools.count(1)
+"""The request a task serves; tasks it spawns inherit it. Such tasks may outlive the
+request: it then keeps only its description and span alive, not its scope (see
+:meth:`Request.finish`)."""
 
 
 class Request:
@@ -40,12 +40,11 @@ class Request:
     scopes of finished requests alive costs every request cache misses).
     """
 
-    __slots__ = ("_method", "_route", "ended", "scope", "serial", "span", "stall_delays", "started")
+    __slots__ = ("_method", "_route", "ended", "scope", "span", "stall_delays", "started")
 
     def __init__(self, scope: MutableMapping[str, Any], span: trace.Span | None) -> None:
         self.scope: MutableMapping[str, Any] | None = scope
         self.span = span
-        self.serial = next(_serials)
         self.started = monotonic()
         self.ended: float | None = None
         self.stall_delays: dict[int, float] | None = None
@@ -71,6 +70,17 @@ class Request:
         """Seconds this request was held up by stalls it did not cause."""
         return sum(self.stall_delays.values()) if self.stall_delays else 0.0
 
+    def finish(self, open_stall: OpenStall | None) -> None:
+        """The request is done (on the loop thread). A stall the watchdog has not reported
+        yet is settled now, while the request's span is still open."""
+        self.ended = now = monotonic()
+        scope = self.scope
+        if scope is not None:  # keep what describes it, not the scope (see the class)
+            self._method, self._route = scope.get("method"), scope.get("route")
+            self.scope = None  # after the copies: a reader on another thread sees either
+        if open_stall is not None and open_stall.culprit is not self:
+            self.settle(open_stall.number, now - max(open_stall.start, self.started))
+
     def settle(self, stall: int, seconds: float) -> None:
         """Record what stall number ``stall`` cost this request, once, on its span too."""
         if self.stall_delays is None:
@@ -90,59 +100,46 @@ class OpenStall(NamedTuple):
 
 
 class InflightRequests:
-    """The requests served on one loop, and those that finished a moment ago.
-
-    A request held up by a stall often finishes right after it, before the watchdog has
-    closed the stall: it is kept among the recent ones so the stall still links it, and
-    :meth:`finish` settles the open stall's delay while its span is still open. The
-    watchdog sets :attr:`open_stall` while a stall is seen and not yet reported.
-    """
+    """What the requests served on one loop share with its watchdog: :attr:`open_stall`,
+    set while a stall is seen and not yet reported, so that a request ending meanwhile
+    settles its own share (see :meth:`Request.finish`)."""
 
     def __init__(self) -> None:
-        self._requests: dict[int, Request] = {}
-        self._recent: deque[Request] = deque(maxlen=256)
         self.open_stall: OpenStall | None = None
 
-    def start(self, scope: MutableMapping[str, Any], span: trace.Span | None) -> Request:
-        """A request begins (on the loop thread)."""
-        request = Request(scope, span)
-        self._requests[request.serial] = request
-        return request
 
-    def get(self, serial: int) -> Request | None:
-        """The request in flight with this serial number, if any."""
-        return self._requests.get(serial)
+def request_in(context: contextvars.Context | None) -> Request | None:
+    """The request whose task runs in ``context`` (a task's context, read off-loop)."""
+    return context.get(CURRENT_REQUEST) if context is not None else None
 
-    def running_in(self, context: contextvars.Context | None) -> Request | None:
-        """The request whose task runs in ``context`` (read from the watchdog thread)."""
-        serial = context.get(CURRENT_REQUEST) if context is not None else None
-        if serial is None:
-            return None
-        request = self._requests.get(serial)
-        if request is None:  # finished a moment ago (list(): one atomic copy of the deque)
-            request = next((r for r in reversed(list(self._recent)) if r.serial == serial), None)
-        return request
 
-    def finish(self, request: Request) -> None:
-        """The request is done (on the loop thread): settle what an open stall cost it."""
-        request.ended = now = monotonic()
-        scope = request.scope
-        if scope is not None:  # keep what describes it, not the scope (see Request)
-            request._method, request._route = scope.get("method"), scope.get("route")
-            request.scope = None  # after the copies: a reader on another thread sees either
-        self._recent.append(request)  # before leaving the in-flight set: never in neither
-        del self._requests[request.serial]
-        stall = self.open_stall
-        if stall is not None and stall.culprit is not request:
-            request.settle(stall.number, now - max(stall.start, request.started))
+def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> list[Request]:
+    """The unfinished requests whose tasks are alive on ``loop`` (from any thread).
 
-    def delayed_by(self, start: float, end: float, culprit: Request | None) -> list[Request]:
-        """Requests other than ``culprit`` that were in flight during ``[start, end]``."""
-        candidates = {r.serial: r for r in (*self._requests.values(), *self._recent)}
-        return [
-            request
-            for request in candidates.values()
-            if request is not culprit
-            and request.started < end
-            and (request.ended is None or request.ended > start)
-        ]
+    During a stall these tasks all wait on the loop. ``asyncio.all_tasks`` is written to
+    be read from other threads; if it cannot be read, no request is found.
+    """
+    try:
+        tasks = asyncio.all_tasks(loop)
+    except RuntimeError:
+        return []
+    found: dict[int, Request] = {}  # several tasks may serve one request
+    for task in tasks:
+        request = request_in(task_context(task))
+        if request is not None and request.ended is None:
+            found[id(request)] = request
+    return list(found.values())
+
+
+def victims(
+    candidates: list[Request], start: float, end: float, culprit: Request | None
+) -> list[Request]:
+    """The requests among ``candidates``, other than ``culprit``, in flight during
+    ``[start, end]``."""
+    return [
+        request
+        for request in candidates
+        if request is not culprit
+        and request.started < end
+        and (request.ended is None or request.ended > start)
+    ]

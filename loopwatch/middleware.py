@@ -2,7 +2,7 @@
 
 It starts the loop's watcher at lifespan start-up (or at the first request when the
 server runs without lifespan) and releases it at shutdown; several apps on one loop
-share one watcher. For each HTTP request it records who is in flight, so a stall names
+share one watcher. Each HTTP request is marked in a context variable, so a stall names
 the request that caused it and links the requests it held up. Websocket scopes pass
 through untouched; nothing is added to responses.
 """
@@ -87,9 +87,9 @@ class LoopWatchMiddleware:
         if scope["type"] != "http":
             await self._serve_other(scope, receive, send)
             return
-        # Runs for every request: a few dictionary and attribute operations, no coroutine
-        # of its own, and nothing that outlives the request (see Request). Measured in
-        # instructions per request by bench/instructions.py.
+        # Runs for every request: a few attribute operations and a context variable, no
+        # coroutine or list entry of its own, nothing that outlives the request but a small
+        # Request in the tasks it spawns. Measured by bench/instructions.py.
         watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
         if watcher is _NOT_STARTED:
             watcher = await self._start_without_lifespan()
@@ -104,22 +104,22 @@ class LoopWatchMiddleware:
             span = trace.get_current_span()
             if not span.is_recording():
                 span = None
-        inflight = watcher.inflight
         outer = CURRENT_REQUEST.get()
-        if outer is not None and (outer_request := inflight.get(outer)) is not None:
-            await self._serve_nested(outer_request, span, scope, receive, send)
+        if outer is not None and outer.ended is None:
+            await self._serve_nested(outer, span, scope, receive, send)
             return
-        request = inflight.start(scope, span)
-        token = CURRENT_REQUEST.set(request.serial)
+        inflight = watcher.inflight
+        request = Request(scope, span)
+        token = CURRENT_REQUEST.set(request)
         try:
-            if request.span is None:
+            if span is None:
                 await self.app(scope, receive, send)
             else:
                 await self.app(scope, receive, _settle_before_completion(request, inflight, send))
         finally:
             CURRENT_REQUEST.reset(token)
             if request.ended is None:
-                inflight.finish(request)
+                request.finish(inflight.open_stall)
 
     async def _serve_other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan (start and release the watcher) and websocket scopes (untouched)."""
@@ -143,9 +143,9 @@ class LoopWatchMiddleware:
     async def _serve_nested(
         self, outer: Request, span: trace.Span | None, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """A request an outer LoopWatchMiddleware on this loop already tracks (a mounted
-        sub-app): registering it again would count it as a victim of its own stalls. The
-        outer entry takes this app's scope (for the route) and, if it had none, its span."""
+        """A request an outer LoopWatchMiddleware already serves (a mounted sub-app): a
+        request of its own would count as a victim of its own stalls. The outer request
+        takes this app's scope (for the route) and, if it had none, its span."""
         saved_scope = outer.scope
         outer.scope = scope
         if outer.span is None:
@@ -227,7 +227,7 @@ def _settle_before_completion(request: Request, inflight: InflightRequests, send
         if kind == "http.response.start":
             trailers = bool(message.get("trailers", False))
         elif request.ended is None and _completes_response(message, trailers):
-            inflight.finish(request)
+            request.finish(inflight.open_stall)
         await send(message)
 
     return send_and_settle

@@ -41,7 +41,9 @@ class TakenSample:
 class Stall:
     """One stall of the loop, from detection (or from the tick that revealed it) to its end.
 
-    ``number`` tells stalls of one watcher apart (requests record which they paid for).
+    ``number`` tells stalls of one watcher apart (requests record which they paid for);
+    ``in_flight`` are the requests served meanwhile (found when it was detected, or when
+    it ended if it was not seen live).
     """
 
     start: float
@@ -52,6 +54,7 @@ class Stall:
     end: float | None = None
     cause: str = CPU
     runnable_share: float | None = None
+    in_flight: list[Request] | None = None
 
     @property
     def on_time_samples(self) -> list[TakenSample]:

@@ -21,7 +21,7 @@ from time import monotonic
 from .config import Config
 from .deadman import DeadManSwitch
 from .heartbeat import Heartbeat, Tick
-from .inflight import InflightRequests, OpenStall
+from .inflight import InflightRequests, OpenStall, request_in, requests_waiting_on
 from .sampler import take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
@@ -221,11 +221,13 @@ class Watchdog:
         stall.end = tick.ran
         stall.runnable_share = self._runnable_share(stall)
         stall.cause = stall.classify(before, tick)
+        if stall.in_flight is None and not stall.suppressed:
+            stall.in_flight = requests_waiting_on(self._loop)
         if self.utilization is not None and stall.cause == BLOCKING:
             self.utilization.add_blocked(tick.ran - stall.start)
         self._listener.on_stall_ended(stall, before, tick)
         if self._stall is stall:  # still "open" while reported: requests ending meanwhile
-            self._stall = None  # settle it themselves (see InflightRequests.remove)
+            self._stall = None  # settle it themselves (see Request.finish)
             self._inflight.open_stall = None
             self._heartbeat.watchdog_waiting = False
 
@@ -261,6 +263,8 @@ class Watchdog:
         self._heartbeat.watchdog_waiting = True
         self._stall = stall
         self._sample(stall, on_time)
+        if not stall.suppressed:  # every request's task waits on the loop now
+            stall.in_flight = requests_waiting_on(self._loop)
         self._next_sample_at = start + 2 * (now - start)
         self._listener.on_stall_started(stall)
 
@@ -320,7 +324,7 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                self._inflight.running_in(task.context),
+                request_in(task.context),
             )
         )
 

@@ -170,7 +170,6 @@ class _Running:
             self.heartbeat,
             self.metrics,
             owner._tracer_provider,
-            owner.inflight,
             owner._on_block,
         )
         self.watchdog = Watchdog(

@@ -13,7 +13,7 @@ from .. import dump
 from ..config import Config
 from ..events import BlockEvent
 from ..heartbeat import Heartbeat, Tick
-from ..inflight import InflightRequests
+from ..inflight import victims
 from ..ratelimit import RateLimiter
 from ..stall import Stall
 from ..watchdog import StallListener
@@ -36,14 +36,12 @@ class Reporter(StallListener):
         heartbeat: Heartbeat,
         metrics: LoopMetrics,
         tracer_provider: trace.TracerProvider | None,
-        inflight: InflightRequests,
         on_block: BlockHook | None,
     ) -> None:
         self._config = config
         self._heartbeat = heartbeat
         self._metrics = metrics
         self._spans = SpanReporter(tracer_provider, config)
-        self._inflight = inflight
         self._on_block = on_block
         self._limiter = RateLimiter(config.report_burst, config.report_per_minute)
         self._hook_failed = False
@@ -69,7 +67,7 @@ class Reporter(StallListener):
         if stall.suppressed:
             self._reported.pop(id(stall), None)
             return
-        delayed = self._inflight.delayed_by(stall.start, end, request)
+        delayed = victims(stall.in_flight or [], stall.start, end, request)
         for victim in delayed:
             victim.settle(stall.number, end - max(stall.start, victim.started))
         description = describe(stall, self._config, self._thread(), request, len(delayed))
