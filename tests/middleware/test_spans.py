@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from .apps.inprocess import Instrument, Probe, build_raw, build_starlette, culprit_name
-from .conftest import SPAN_WAIT_S, Otel
+from .conftest import SPAN_WAIT_S, Otel, watchdog_threads
 from .server import HTTP_TIMEOUT_S, serve_in_thread, wait_until
 
 STALL_S = 0.4
@@ -284,7 +284,9 @@ def test_mounted_watched_sub_app(
     loop_name: str, otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
 ) -> None:
     """A watched app mounted in a watched app: the culprit request is tracked once, so it is
-    not its own victim; a real victim in flight is still counted."""
+    not its own victim; a real victim in flight is still counted. The sub-app gets no
+    lifespan events: its watcher starts with its first request and ends with the loop."""
+    baseline = watchdog_threads()
     outer = fastapi_app(instrument="after")
     inner = fastapi_app()
     outer.mount("/inner", inner)
@@ -296,6 +298,7 @@ def test_mounted_watched_sub_app(
         assert victim.result(HTTP_TIMEOUT_S).status_code == 200
         [blocked] = otel.blocked_spans()
         wait_until(lambda: len(otel.server_spans("/inner")) == 2, SPAN_WAIT_S, "server spans")
+    wait_until(lambda: watchdog_threads() == baseline, 5.0, "the sub-app's watchdog to end")
     assert_names_culprit(blocked, "/block-then-wait")
     [culprit] = [
         span for span in otel.server_spans("/inner") if "block" in str(attrs(span)["http.target"])
