@@ -22,8 +22,9 @@ from .task_context import task_context
 CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "loopwatch_request", default=None
 )
-"""The request a task serves; tasks it spawns inherit it (and keep it, with its scope and
-span, alive as long as they run)."""
+"""The request a task serves; tasks it spawns inherit it. Such tasks may outlive the
+request: it then keeps only its description and span alive, not its scope (see
+:meth:`Request.finish`)."""
 
 
 class Request:
@@ -34,27 +35,35 @@ class Request:
     did; the watchdog and the request's own ending may both settle a stall, and the
     first to do so wins (``dict.setdefault`` is atomic).
 
-    Nothing lists requests (see the module): a finished one lives on only in tasks it
-    spawned that still run.
+    The ASGI scope is held only while the request is in flight: a finished request keeps
+    its method and matched route, not the scope and everything it references. Contexts
+    captured during the request (timer handles, future callbacks) keep the request alive
+    after it ends; with its scope, under uvicorn, that made 4 times the garbage
+    collections and p99 latency went from 7 to 14-25 ms (hello app, wrk).
     """
 
-    __slots__ = ("ended", "scope", "span", "stall_delays", "started")
+    __slots__ = ("_method", "_route", "ended", "scope", "span", "stall_delays", "started")
 
     def __init__(self, scope: MutableMapping[str, Any], span: trace.Span | None) -> None:
-        self.scope = scope
+        self.scope: MutableMapping[str, Any] | None = scope
         self.span = span
         self.started = monotonic()
         self.ended: float | None = None
         self.stall_delays: dict[int, float] | None = None
+        self._method: object = None
+        self._route: object = None
 
     @property
     def method(self) -> str:
-        return str(self.scope.get("method") or "")
+        scope = self.scope
+        method = scope.get("method") if scope is not None else self._method
+        return str(method or "")
 
     @property
     def route(self) -> str | None:
         """The route template (``/items/{item_id}``) once the router has matched it."""
-        route = self.scope.get("route")
+        scope = self.scope
+        route = scope.get("route") if scope is not None else self._route
         path = getattr(route, "path_format", None) or getattr(route, "path", None)
         return path if isinstance(path, str) else None
 
@@ -67,6 +76,10 @@ class Request:
         """The request is done (on the loop thread). A stall the watchdog has not reported
         yet is settled now, while the request's span is still open."""
         self.ended = now = monotonic()
+        scope = self.scope
+        if scope is not None:  # keep what describes it, not the scope (see the class)
+            self._method, self._route = scope.get("method"), scope.get("route")
+            self.scope = None  # after the copies: a reader on another thread sees either
         if open_stall is not None and open_stall.culprit is not self:
             self.settle(open_stall.number, now - max(open_stall.start, self.started))
 

@@ -153,7 +153,8 @@ class LoopWatchMiddleware:
         try:
             await self.app(scope, receive, send)
         finally:
-            outer.scope = saved_scope
+            if outer.scope is scope:  # else the outer request ended: it let its scope go
+                outer.scope = saved_scope
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:

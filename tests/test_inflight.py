@@ -1,4 +1,4 @@
-"""Requests as the watchdog finds them: through the loop's tasks, described by their scope."""
+"""Requests as the watchdog finds them: through the loop's tasks, described after they end."""
 
 from __future__ import annotations
 
@@ -19,11 +19,15 @@ async def endpoint() -> None:
     """Never called: the route only gives its path template."""
 
 
-def test_a_request_is_described_by_its_scope_and_counts_during_its_lifetime() -> None:
+def test_a_finished_request_keeps_its_description_not_its_scope() -> None:
+    """The scope (and everything it references) is let go when the request ends; the
+    method and route template still describe it, and it still counts as in flight
+    during its lifetime."""
     scope = {"type": "http", "method": "GET", "route": Route("/items/{item_id}", endpoint)}
     request = Request(scope, None)
     assert (request.method, request.route) == ("GET", "/items/{item_id}")
     request.finish(None)
+    assert request.scope is None
     assert request.ended is not None
     assert (request.method, request.route) == ("GET", "/items/{item_id}")
     assert victims([request], request.started, request.ended, None) == [request]
