@@ -221,14 +221,16 @@ def _settle_before_completion(request: Request, inflight: InflightRequests, send
     """
     trailers = False
 
-    async def send_and_settle(message: Message) -> None:
+    def send_and_settle(message: Message) -> Awaitable[None]:
+        # Not a coroutine function: it hands back send's awaitable (a coroutine of its
+        # own per message cost ~3,500 instructions).
         nonlocal trailers
         kind = message.get("type")
         if kind == "http.response.start":
             trailers = bool(message.get("trailers", False))
         elif request.ended is None and _completes_response(message, trailers):
             request.finish(inflight.open_stall)
-        await send(message)
+        return send(message)
 
     return send_and_settle
 
