@@ -478,6 +478,16 @@ def _machine_facts(m: dict[str, str]) -> list[str]:
     ]  # fmt: skip
 
 
+def _whose_cost(watcher_change: float, middleware_change: float) -> str:
+    """How a finding ends: whether the middleware, rather than the watcher, costs more,
+    said only when the middleware's change is clearly above the run-to-run noise."""
+    if abs(middleware_change) < 0.01:
+        return ": within the noise of this comparison (±1-2 %)."
+    if middleware_change > 0 and watcher_change <= middleware_change / 2:
+        return ": most of the cost is the middleware's, not the watcher's."
+    return "."
+
+
 def findings(results: Results) -> list[str]:
     """Where the missed goals come from, in numbers taken from this run."""
     sections = results.get("sections", [])
@@ -493,11 +503,7 @@ def findings(results: Results) -> list[str]:
                 f"CPU per request by {_pct(s['cpu_watch_ratio'] - 1)}; "
                 f"`LoopWatchMiddleware` (watcher included) by {_pct(s['cpu_ratio'] - 1)}, "
                 f"i.e. {s['cpu_on'] - s['cpu_off']:+.1f} µs per request"
-                + (
-                    ": most of the cost is the middleware's, not the watcher's."
-                    if s["cpu_watch_ratio"] - 1 <= (s["cpu_ratio"] - 1) / 2
-                    else "."
-                )
+                + _whose_cost(s["cpu_watch_ratio"] - 1, s["cpu_ratio"] - 1)
             )
     if "micro" in sections:
         raw = results["micro"]["raw"]
@@ -506,15 +512,12 @@ def findings(results: Results) -> list[str]:
             added = (middleware["LoopWatchMiddleware (default)"]["median_us"]
                      - middleware["bare app"]["median_us"])  # fmt: skip
             items.append(
-                f"In a hot in-process loop the middleware adds {added:.1f} µs per request; "
-                "under load it costs several times that. Its instructions do not explain "
-                "the difference (see *Instructions per request*: 10,000-15,000 in both): "
-                "in a busy server they run with cold caches. A manual split of server CPU "
-                "into user and system time (hello / asyncio, 8 interleaved rounds, before "
-                "commit 02e3686) put the added time in user space, and the recently "
-                "finished requests' ASGI scopes, kept alive for stall reports, cost 1-2 % "
-                "through cache misses alone: a finished request now keeps only its "
-                "method and route."
+                f"In a hot in-process loop the middleware adds {added:.1f} µs per request. "
+                "Under load the same instructions can cost several times that (earlier "
+                "runs: +5 to +12 µs on hello / asyncio): in a busy server they run with "
+                "cold caches, and a manual split of server CPU into user and system time "
+                "put the added time in user space. Whatever a request leaves alive after "
+                "it ends costs every request (docs/design.md, *Per-request work*)."
             )
         rows = {(r["loop"], r["shape"], r["monitor"]): r for r in results["micro"]["rows"]}
         for shape in SHAPE_NAMES:
