@@ -99,9 +99,10 @@ class LoopWatchMiddleware:
         # The span lookup is several Python calls: skipped where no OpenTelemetry context
         # is attached (an app without tracing).
         span: trace.Span | None = None
-        otel_context = OTEL_CONTEXT_VARIABLE
-        if otel_context is None or otel_context.get(None) is not None:
-            span = trace.get_current_span()
+        otel_variable = OTEL_CONTEXT_VARIABLE
+        attached = otel_variable.get(None) if otel_variable is not None else None
+        if attached is not None or otel_variable is None:
+            span = trace.get_current_span(attached)  # given the context: ~1,200 fewer
             if not span.is_recording():
                 span = None
         outer = CURRENT_REQUEST.get()
@@ -214,34 +215,34 @@ class LoopWatchMiddleware:
 
 
 def _settle_before_completion(request: Request, inflight: InflightRequests, send: Send) -> Send:
-    """Wrap ``send`` so the request is settled just before its response completes.
+    """Wrap ``send`` so that, while a stall is open, the request is settled just before
+    its response completes.
 
     Tracing middlewares end the server span when the response is complete, before the app
-    returns: settling then puts the request's share of an open stall on its span.
+    returns: settling then puts the request's share of the open stall on its span. With no
+    stall open the wrapper only checks that (it sees every message of every traced
+    request) and the request ends when the app returns.
     """
-    trailers = False
 
     def send_and_settle(message: Message) -> Awaitable[None]:
         # Not a coroutine function: it hands back send's awaitable (a coroutine of its
         # own per message cost ~1,500 instructions per request).
-        nonlocal trailers
-        kind = message.get("type")
-        if kind == "http.response.start":
-            trailers = bool(message.get("trailers", False))
-        elif request.ended is None and _completes_response(message, trailers):
-            request.finish(inflight.open_stall)
+        open_stall = inflight.open_stall
+        if open_stall is not None and request.ended is None and _may_complete(message):
+            request.finish(open_stall)
         return send(message)
 
     return send_and_settle
 
 
-def _completes_response(message: Message, trailers: bool) -> bool:
-    """Whether ``message`` is the last one of an HTTP response."""
-    if trailers:
-        return message.get("type") == "http.response.trailers" and not message.get(
-            "more_trailers", False
-        )
-    return message.get("type") == "http.response.body" and not message.get("more_body", False)
+def _may_complete(message: Message) -> bool:
+    """Whether ``message`` may be the last one of an HTTP response: a last body part
+    (trailers may follow; the request then counts as done a moment early) or the last
+    trailers."""
+    kind = message.get("type")
+    if kind == "http.response.body":
+        return not message.get("more_body", False)
+    return kind == "http.response.trailers" and not message.get("more_trailers", False)
 
 
 _NOT_STARTED: Any = object()
