@@ -11,7 +11,9 @@ with ``--factory``:
 
 Every stall loopwatch reports is written to stderr as a ``BENCH_STALL`` line, and an
 independent probe (a 20 ms timer, in every configuration) writes a ``BENCH_LAG`` line for
-each loop lag of 70 ms or more, so the harness can tell real stalls from false positives.
+each loop lag of 70 ms or more, so the harness can tell real stalls from false positives
+(``BENCH_PROBE=0`` leaves it out: the instruction counts, where its ticks per unit of time
+would be charged to requests that valgrind slows down).
 uvicorn calls these factories on its running loop, which is where the probe and the
 watcher start.
 """
@@ -55,6 +57,10 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0").strip() == "1"
 
 
+def _flag_default_on(name: str) -> bool:
+    return os.environ.get(name, "1").strip() != "0"
+
+
 async def lag_probe() -> None:
     """Report loop lags of at least :data:`PROBE_REPORT` seconds on stderr."""
     loop = asyncio.get_running_loop()
@@ -75,8 +81,9 @@ def _start_probe_and_watcher() -> None:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # built outside a loop (tests): nothing to start
         return
-    task = loop.create_task(lag_probe())
-    _background.add(task)
+    if _flag_default_on("BENCH_PROBE"):
+        task = loop.create_task(lag_probe())
+        _background.add(task)
     if os.environ.get("BENCH_LOOPWATCH", "0").strip() == "watch":
         import loopwatch
 

@@ -1,12 +1,14 @@
 """Instructions per request, counted by valgrind: the middleware's cost without timing noise.
 
 The hello app runs under ``valgrind --tool=cachegrind`` in uvicorn and serves a fixed
-number of keep-alive requests from a few client threads, once with few and once with many
-requests: the difference, divided by the extra requests, is the server's instructions per
-request with start-up and shutdown cancelled out. Instruction counts do not depend on other
-load on the machine, but they are not exact either: timers in the server (the bench apps'
-20 ms lag probe) fire per unit of time while valgrind slows requests ~50 times, so the
-same code counted twice differs by a few thousand instructions per request.
+number of requests, one at a time over one keep-alive connection (with several clients,
+how requests batched into loop iterations moved the counts by thousands), once with few
+and once with many requests: the difference, divided by the extra requests, is the
+server's instructions per request with start-up and shutdown cancelled out. Instruction
+counts do not depend on other load on the machine, but they are not exact either: timers
+in the server fire per unit of time while valgrind slows requests ~50 times, so their work
+is charged to requests in proportion to how slow valgrind ran. The bench apps' 20 ms lag
+probe is left out here (``BENCH_PROBE=0``); uvicorn's own 0.1 s tick remains.
 
 The heartbeat runs once a second here (``LOOPWATCH_INTERVAL_MS=1000``): under valgrind
 requests take ~50 times longer, so its time-based ticks would be charged to them; the
@@ -28,7 +30,7 @@ from pathlib import Path
 from .common import ROOT, Server, free_port, wait_ready
 
 FEW, MANY = 300, 1300
-CLIENTS = 4
+CLIENTS = 1
 CONFIGS = {
     "without loopwatch": {"BENCH_LOOPWATCH": "0"},
     "LoopWatchMiddleware": {"BENCH_LOOPWATCH": "1"},
@@ -52,7 +54,7 @@ def _serve_and_count(env: dict[str, str], requests: int) -> int:
         ]  # fmt: skip
         child_env = {
             **os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0",
-            "LOOPWATCH_INTERVAL_MS": "1000", "LOOPWATCH_THRESHOLD_MS": "5000",
+            "LOOPWATCH_INTERVAL_MS": "1000", "LOOPWATCH_THRESHOLD_MS": "5000", "BENCH_PROBE": "0",
         }  # fmt: skip
         log = Path(tmp) / "stderr"
         with open(log, "wb") as stderr:
@@ -73,7 +75,7 @@ def _serve_and_count(env: dict[str, str], requests: int) -> int:
 
 
 def _load(port: int, requests: int) -> None:
-    """``requests`` GETs over :data:`CLIENTS` keep-alive connections."""
+    """``requests`` GETs over :data:`CLIENTS` keep-alive connections, each from its thread."""
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
