@@ -53,12 +53,8 @@ PROBE_REPORT = 0.07
 """A stall of duration d delays some probe tick by at least d - PROBE_PERIOD."""
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "0").strip() == "1"
-
-
-def _flag_default_on(name: str) -> bool:
-    return os.environ.get(name, "1").strip() != "0"
+def _flag(name: str, default: str = "0") -> bool:
+    return os.environ.get(name, default).strip() == "1"
 
 
 async def lag_probe() -> None:
@@ -81,7 +77,7 @@ def _start_probe_and_watcher() -> None:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # built outside a loop (tests): nothing to start
         return
-    if _flag_default_on("BENCH_PROBE"):
+    if _flag("BENCH_PROBE", default="1"):
         task = loop.create_task(lag_probe())
         _background.add(task)
     if os.environ.get("BENCH_LOOPWATCH", "0").strip() == "watch":

@@ -81,13 +81,14 @@ class Request:
             self._method, self._route = scope.get("method"), scope.get("route")
             self.scope = None  # after the copies: a reader on another thread sees either
         if open_stall is not None and open_stall.culprit is not self:
-            self.settle(open_stall.number, now - max(open_stall.start, self.started))
+            self.settle(open_stall.number, open_stall.start, now)
 
-    def settle(self, stall: int, seconds: float) -> None:
-        """Record what stall number ``stall`` cost this request, once, on its span too."""
+    def settle(self, stall: int, start: float, until: float) -> None:
+        """Record what stall number ``stall``, begun at ``start``, cost this request up to
+        ``until`` (its end or the stall's), once, on its span too."""
         if self.stall_delays is None:
             self.stall_delays = {}
-        self.stall_delays.setdefault(stall, max(0.0, seconds))
+        self.stall_delays.setdefault(stall, max(0.0, until - max(start, self.started)))
         span = self.span
         if span is not None and span.is_recording():
             span.set_attribute("loopwatch.delayed_by", self.delayed_by)

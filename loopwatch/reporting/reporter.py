@@ -69,7 +69,7 @@ class Reporter(StallListener):
             return
         delayed = victims(stall.in_flight or [], stall.start, end, request)
         for victim in delayed:
-            victim.settle(stall.number, end - max(stall.start, victim.started))
+            victim.settle(stall.number, stall.start, end)
         description = describe(stall, self._config, self._thread(), request, len(delayed))
         decision = self._reported.pop(id(stall), None)
         if decision is None:
