@@ -21,9 +21,10 @@ watcher start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -98,15 +99,20 @@ def report_stall(event: BlockEvent) -> None:
 
 
 def hello_app() -> FastAPI:
-    """``GET /`` returns a constant JSON body."""
+    """uvicorn factory: :func:`build_hello_app` as ``BENCH_LOOPWATCH``/``BENCH_OTEL`` say."""
     _start_probe_and_watcher()
+    return build_hello_app(loopwatch=_flag("BENCH_LOOPWATCH"), otel=_flag("BENCH_OTEL"))
+
+
+def build_hello_app(*, loopwatch: bool, otel: bool) -> FastAPI:
+    """``GET /`` returns a constant JSON body."""
     app = FastAPI()
 
     @app.get("/")
     async def hello() -> dict[str, str]:
         return {"hello": "world"}
 
-    if _flag("BENCH_OTEL"):
+    if otel:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         tracer_provider = TracerProvider()
@@ -115,14 +121,14 @@ def hello_app() -> FastAPI:
         FastAPIInstrumentor.instrument_app(
             app, tracer_provider=tracer_provider, meter_provider=meter_provider
         )
-        if _flag("BENCH_LOOPWATCH"):
+        if loopwatch:
             app.add_middleware(
                 LoopWatchMiddleware,
                 tracer_provider=tracer_provider,
                 meter_provider=meter_provider,
                 on_block=report_stall,
             )
-    elif _flag("BENCH_LOOPWATCH"):
+    elif loopwatch:
         app.add_middleware(LoopWatchMiddleware, on_block=report_stall)
     return app
 
@@ -141,19 +147,42 @@ class _NoInstrumentor:
 
 
 def example_app() -> FastAPI:
+    """uvicorn factory: :func:`build_example_app` as ``BENCH_LOOPWATCH``/``BENCH_OTEL`` say."""
+    _start_probe_and_watcher()
+    return build_example_app(loopwatch=_flag("BENCH_LOOPWATCH"), otel=_flag("BENCH_OTEL"))
+
+
+def build_example_app(*, loopwatch: bool, otel: bool) -> FastAPI:
     """The example service (``example.factory.create_app``), ``DEMO_MODE`` as set.
 
-    The CPU work per request is scaled down to :data:`EXAMPLE_CPU_ITERATIONS`. With
-    ``BENCH_LOOPWATCH=0`` / ``BENCH_OTEL=0`` the factory's ``LoopWatchMiddleware`` /
-    ``FastAPIInstrumentor`` are replaced by stand-ins that add no layer at all.
+    The CPU work per request is scaled down to :data:`EXAMPLE_CPU_ITERATIONS`. Without
+    ``loopwatch`` / ``otel`` the factory's ``LoopWatchMiddleware`` / ``FastAPIInstrumentor``
+    are replaced, for this build only, by stand-ins that add no layer at all. Each build
+    has a Prometheus registry of its own (two builds can live in one process).
     """
+    from prometheus_client import CollectorRegistry
+
     from example import factory, work
 
-    _start_probe_and_watcher()
     work.cpu_heavy_blocking_work.__defaults__ = (EXAMPLE_CPU_ITERATIONS,)
-    if not _flag("BENCH_LOOPWATCH"):
-        factory.LoopWatchMiddleware = _without_middleware  # type: ignore[misc,assignment]
-    if not _flag("BENCH_OTEL"):
-        factory.FastAPIInstrumentor = _NoInstrumentor  # type: ignore[misc,assignment]
-    on_block: Callable[[BlockEvent], None] | None = report_stall
-    return factory.create_app(span_exporter=DropSpans(), on_block=on_block)
+    with contextlib.ExitStack() as patches:
+        if not loopwatch:
+            patches.enter_context(_replaced(factory, "LoopWatchMiddleware", _without_middleware))
+        if not otel:
+            patches.enter_context(_replaced(factory, "FastAPIInstrumentor", _NoInstrumentor))
+        return factory.create_app(
+            span_exporter=DropSpans(),
+            on_block=report_stall,
+            prometheus_registry=CollectorRegistry(),
+        )
+
+
+@contextlib.contextmanager
+def _replaced(owner: object, name: str, stand_in: object) -> Iterator[None]:
+    """``owner.name`` is ``stand_in`` inside the block."""
+    original = getattr(owner, name)
+    setattr(owner, name, stand_in)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import statistics
@@ -85,6 +86,21 @@ def spread(values: Sequence[float]) -> tuple[float, float]:
     return (min(values), max(values)) if values else (float("nan"), float("nan"))
 
 
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95, resamples: int = 4000
+) -> tuple[float, float]:
+    """Bootstrap confidence interval of the median of ``values`` (fixed seed: the same
+    values give the same interval)."""
+    if len(values) < 2:
+        return (float("nan"), float("nan"))
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    tail = (1 - confidence) / 2
+    return medians[int(tail * resamples)], medians[int((1 - tail) * resamples) - 1]
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
@@ -143,12 +159,14 @@ def uvicorn_server(
     ready_path: str = "/",
     log_dir: Path = RAW_DIR,
 ) -> Iterator[Server]:
-    """Serve ``bench.apps:<factory>`` with uvicorn; always stopped on exit."""
+    """Serve ``bench.apps:<factory>`` (or ``module:factory``) with uvicorn; always stopped
+    on exit."""
+    target = factory if ":" in factory else f"bench.apps:{factory}"
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = log_dir / f"uvicorn-{port}.log"
     argv = [
-        sys.executable, "-m", "uvicorn", "--factory", f"bench.apps:{factory}",
+        sys.executable, "-m", "uvicorn", "--factory", target,
         "--host", "127.0.0.1", "--port", str(port), "--loop", loop,
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip

@@ -13,13 +13,24 @@ which splits the cost between the watcher and the per-request middleware.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import psutil
 
-from .common import busy_cpu_seconds, median, run_wrk, spread, uvicorn_server
+from . import alternating
+from .common import (
+    busy_cpu_seconds,
+    median,
+    median_interval,
+    run_wrk,
+    spread,
+    uvicorn_server,
+)
 
 OFF, MIDDLEWARE, WATCH = "off", "middleware", "watch"
 _ENV = {OFF: "0", MIDDLEWARE: "1", WATCH: "watch"}
@@ -206,6 +217,77 @@ def run_group(group: Group, rounds: int, seconds: float, log: bool = True) -> Gr
     return result
 
 
+ALTERNATING_SERVERS = 3
+"""Server processes per alternating measurement; their window pairs are pooled."""
+
+
+def alternate(group: Group, kind: str, servers: int, seconds: float) -> dict[str, object]:
+    """The cost of ``kind`` (``middleware`` or ``watch``) from servers that alternate
+    between it and no loopwatch (see :mod:`bench.alternating`).
+
+    Each pair of adjacent windows (A B or B A) gives one ratio of CPU per request; the
+    estimate is the median ratio over all pairs, with a bootstrap 95 % interval.
+    """
+    env = {
+        "BENCH_ALTERNATE": kind,
+        "BENCH_APP": group.app,
+        "BENCH_OTEL": "1" if group.otel else "0",
+        "BENCH_PROBE": "0",
+        "BENCH_WINDOW": str(ALTERNATING_WINDOW[group.app]),
+        "DEMO_MODE": "optimized",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
+    ready = "/" if group.app == "hello" else "/health"
+    ratios: list[float] = []
+    cpu: dict[str, list[float]] = {alternating.OFF: [], kind: []}
+    stalls = 0
+    for _ in range(servers):
+        with uvicorn_server("bench.alternating:alternating_app", group.loop, env, ready) as server:
+            url = server.url(group.path)
+            run_wrk(url, 1.0, group.connections)  # warm-up, not measured
+            began = time.monotonic()
+            run_wrk(url, seconds, group.connections)
+            ended = time.monotonic()
+            with urllib.request.urlopen(server.url(alternating.WINDOWS_PATH)) as response:
+                windows = json.loads(response.read())
+            time.sleep(0.15)  # a stall still being closed reaches the log
+            stalls += len(server.stalls())
+        measured = [w for w in windows if w["began"] >= began and w["ended"] <= ended]
+        for first, second in _pairs(measured):
+            per_request = {w["state"]: w["cpu_s"] / w["requests"] * 1e6 for w in (first, second)}
+            ratios.append(per_request[kind] / per_request[alternating.OFF])
+            for state, value in per_request.items():
+                cpu[state].append(value)
+    low, high = median_interval(ratios)
+    return {
+        "kind": kind,
+        "servers": servers,
+        "seconds": seconds,
+        "pairs": len(ratios),
+        "ratio": median(ratios),
+        "ratio_interval": (low, high),
+        "cpu_off": median(cpu[alternating.OFF]),
+        "cpu_on": median(cpu[kind]),
+        "stalls_reported": stalls,
+    }
+
+
+def _pairs(windows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Adjacent windows in different states with requests served, each window in at most
+    one pair."""
+    found = []
+    index = 0
+    while index + 1 < len(windows):
+        first, second = windows[index], windows[index + 1]
+        if first["state"] != second["state"] and first["requests"] and second["requests"]:
+            found.append((first, second))
+            index += 2
+        else:
+            index += 1
+    return found
+
+
 def groups(quick: bool) -> list[Group]:
     """The matrix: both apps, both loops, with and without FastAPIInstrumentor."""
     loops = ["asyncio", "uvloop"]
@@ -228,11 +310,45 @@ def run(quick: bool) -> dict[str, object]:
         rounds = 3 if quick else (5 if group.app == "hello" else 4)
         rounds_used[group.label] = rounds
         result = run_group(group, rounds, seconds)
-        results.append({"summary": result.summary(), "runs": [asdict(run) for run in result.runs]})
+        entry: dict[str, object] = {
+            "summary": result.summary(),
+            "runs": [asdict(run) for run in result.runs],
+        }
+        servers = 1 if quick else ALTERNATING_SERVERS
+        load = ALTERNATING_SECONDS[group.app] / (3 if quick else 1)
+        kinds = ["middleware"] + (["watch"] if not group.otel else [])
+        entry["alternating"] = {kind: alternate(group, kind, servers, load) for kind in kinds}
+        _log_alternating(group, entry["alternating"])
+        results.append(entry)
     return {
         "rounds": rounds_used,
         "seconds": seconds,
         "warmup_seconds": 1.0,
         "load_average": os.getloadavg(),
         "groups": results,
+        "alternating_window_s": ALTERNATING_WINDOW,
+        "alternating_seconds": {
+            app: ALTERNATING_SECONDS[app] / (3 if quick else 1) for app in ("hello", "example")
+        },
+        "alternating_servers": 1 if quick else ALTERNATING_SERVERS,
     }
+
+
+ALTERNATING_WINDOW = {"hello": 0.25, "example": 1.0}
+"""Seconds per window: the example's requests take ~150 ms, so about 15 % of a window's
+requests straddle its edges (which pulls its measured difference toward zero by up to
+that share); the hello app's take ~7 ms."""
+
+ALTERNATING_SECONDS = {"hello": 12.0, "example": 15.0}
+"""Measured load per alternating server in a full run (a quick run: a third of it)."""
+
+
+def _log_alternating(group: Group, measured: dict[str, dict[str, Any]]) -> None:
+    for kind, found in measured.items():
+        low, high = found["ratio_interval"]
+        print(
+            f"  {group.label:40s} alternating {kind:10s} {100 * (found['ratio'] - 1):+.2f} % "
+            f"(95 % interval {100 * (low - 1):+.2f} to {100 * (high - 1):+.2f}, "
+            f"{found['pairs']} pairs)",
+            flush=True,
+        )
