@@ -24,6 +24,8 @@ import uvloop
 from loopwatch import LoopWatch
 from loopwatch.sampler import take_sample
 
+from .common import median_interval
+
 SWITCHES = 400_000
 SLOW_CALLBACK = 0.1
 """Threshold of the asyncio debug mode and of the aiodebug-style logger (as loopwatch's)."""
@@ -189,6 +191,10 @@ def sample_cost(frames: int = 50, calls: int = 20_000, batches: int = 11) -> dic
     }
 
 
+ROUNDS = 15
+"""Rounds of a full run: a monitor's cost is judged on the 95 % interval of its paired
+ratios, which 7 rounds left several per cent wide on this machine."""
+
 DEBUG_ROUNDS = 1
 """asyncio debug mode is ~20x slower (10+ s a run): it only runs this many rounds."""
 
@@ -306,6 +312,9 @@ def summarize(raw: dict[str, object]) -> list[dict[str, object]]:
         base = statistics.median(base_values)
         med = statistics.median(values)
         cpu_med = statistics.median(cpu[case.key])
+        # Rounds run every case once, in shuffled order: a case and no monitor pair up.
+        paired = [a / b for a, b in zip(cpu[case.key], cpu[base_key], strict=False)]
+        low, high = median_interval(paired)
         rows.append(
             {
                 "loop": case.loop,
@@ -320,6 +329,8 @@ def summarize(raw: dict[str, object]) -> list[dict[str, object]]:
                 "runs": len(values),
                 "cpu_median_s": cpu_med,
                 "cpu_overhead": cpu_med / statistics.median(cpu[base_key]) - 1,
+                "cpu_paired_overhead": statistics.median(paired) - 1,
+                "cpu_paired_interval": (low - 1, high - 1),
             }
         )
     return rows
@@ -331,7 +342,7 @@ def run(quick: bool) -> dict[str, object]:
 
     from .common import ROOT
 
-    rounds = 3 if quick else 7
+    rounds = 3 if quick else ROUNDS
     out = subprocess.run(
         [sys.executable, "-m", "bench.micro", str(rounds)],
         cwd=ROOT, capture_output=True, text=True, check=True, timeout=900,
