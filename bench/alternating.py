@@ -37,6 +37,10 @@ WINDOW = 0.25
 request begun in one window may finish in the next: windows must be long next to the
 app's latency."""
 
+SETTLE = 0.05
+"""Seconds between a switch and its window (in every state): starting a watcher (thread
+start, first ticks, the watchdog settling in its wait) is not part of its running cost."""
+
 OFF = "off"
 WINDOWS_PATH = "/_bench/windows"
 
@@ -130,7 +134,7 @@ class Alternator:
         for number in itertools.count():
             state = (states if number // 2 % 2 == 0 else states[::-1])[number % 2]
             watch = self._enter(state)
-            await asyncio.sleep(0)  # a watcher's first tick runs before the window
+            await asyncio.sleep(SETTLE)  # a started watcher's thread is up and waiting
             cpu, requests, began = time.process_time(), self._requests, time.monotonic()
             await asyncio.sleep(self._window)
             self._windows.append({

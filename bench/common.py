@@ -87,16 +87,36 @@ def spread(values: Sequence[float]) -> tuple[float, float]:
 
 
 def median_interval(
-    values: Sequence[float], confidence: float = 0.95, resamples: int = 4000
+    values: Sequence[float] | Sequence[Sequence[float]],
+    confidence: float = 0.95,
+    resamples: int = 4000,
 ) -> tuple[float, float]:
     """Bootstrap confidence interval of the median of ``values`` (fixed seed: the same
-    values give the same interval)."""
-    if len(values) < 2:
+    values give the same interval).
+
+    ``values`` may come in clusters (a list of lists: e.g. the window pairs of each server
+    process, which differ from process to process): clusters are then resampled first,
+    and values within each chosen cluster, so the interval covers the spread between
+    clusters too.
+    """
+    clusters = (
+        [list(c) for c in values]
+        if values and isinstance(values[0], Sequence)
+        else [
+            list(values)  # type: ignore[arg-type]
+        ]
+    )
+    clusters = [c for c in clusters if c]
+    if sum(len(c) for c in clusters) < 2:
         return (float("nan"), float("nan"))
     rng = random.Random(0)
-    medians = sorted(
-        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
-    )
+    medians = []
+    for _ in range(resamples):
+        pooled = []
+        for cluster in rng.choices(clusters, k=len(clusters)):
+            pooled += rng.choices(cluster, k=len(cluster))
+        medians.append(statistics.median(pooled))
+    medians.sort()
     tail = (1 - confidence) / 2
     return medians[int(tail * resamples)], medians[int((1 - tail) * resamples) - 1]
 
