@@ -51,13 +51,18 @@ class CulpritFinder:
         """The culprit frame of ``sample``, or ``None`` if every frame is skipped.
 
         Frames from the one driving the event loop outwards (``run_until_complete`` and
-        its callers) ran the loop; they are never what blocked it.
+        its callers) ran the loop; they are never what blocked it. On the stdlib loop, a
+        sample with no callback under way (no ``Handle._run`` below ``_run_once``) shows
+        the loop's own work, such as waiting in its selector: it names no culprit.
         """
         best: RawFrame | None = None
         best_rank = 0
         for frame in sample.frames:
-            if _drives_the_loop(frame.code.co_name, frame.module):
-                break
+            function, module = frame.code.co_name, frame.module
+            if _drives_the_loop(function, module):
+                return None if function == "_run_once" else best
+            if function == "_run" and module == "asyncio.events":  # runs one callback
+                return best
             rank = self._rank(frame)
             if rank == 3:
                 return frame
