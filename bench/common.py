@@ -99,13 +99,8 @@ def median_interval(
     and values within each chosen cluster, so the interval covers the spread between
     clusters too.
     """
-    clusters = (
-        [list(c) for c in values]
-        if values and isinstance(values[0], Sequence)
-        else [
-            list(values)  # type: ignore[arg-type]
-        ]
-    )
+    nested = bool(values) and isinstance(values[0], Sequence)
+    clusters = [list(c) for c in values] if nested else [list(values)]  # type: ignore[arg-type]
     clusters = [c for c in clusters if c]
     if sum(len(c) for c in clusters) < 2:
         return (float("nan"), float("nan"))

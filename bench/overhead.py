@@ -8,7 +8,9 @@ CPU per request are compared; the spread of the paired ratios shows the noise.
 Configurations: ``off`` (no loopwatch at all), ``middleware`` (``LoopWatchMiddleware``,
 default configuration: what the example app ships) and, for both apps without
 OpenTelemetry, ``watch`` (``loopwatch.watch()`` only: heartbeat, watchdog, no middleware),
-which splits the cost between the watcher and the per-request middleware.
+which splits the cost between the watcher and the per-request middleware. The verdict's
+CPU figures come from servers that alternate between configurations instead
+(:func:`alternate`, :mod:`bench.alternating`): separate servers cannot resolve 1 %.
 """
 
 from __future__ import annotations
@@ -55,6 +57,20 @@ class Group:
     @property
     def connections(self) -> int:
         return 32 if self.app == "hello" else 64
+
+    @property
+    def ready_path(self) -> str:
+        return "/" if self.app == "hello" else "/health"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The server's environment for this group, plus ``extra``."""
+        return {
+            "BENCH_OTEL": "1" if self.otel else "0",
+            "DEMO_MODE": "optimized",
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            **extra,
+        }
 
     @property
     def configs(self) -> tuple[str, ...]:
@@ -156,16 +172,9 @@ class GroupResult:
 
 def measure_once(group: Group, config: str, round_index: int, seconds: float) -> Run:
     """Start a server, warm it up, measure one wrk run, stop the server."""
-    env = {
-        "BENCH_LOOPWATCH": _ENV[config],
-        "BENCH_OTEL": "1" if group.otel else "0",
-        "DEMO_MODE": "optimized",
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-    }
+    env = group.env(BENCH_LOOPWATCH=_ENV[config])
     factory = "hello_app" if group.app == "hello" else "example_app"
-    ready = "/" if group.app == "hello" else "/health"
-    with uvicorn_server(factory, group.loop, env, ready_path=ready) as server:
+    with uvicorn_server(factory, group.loop, env, ready_path=group.ready_path) as server:
         url = server.url(group.path)
         run_wrk(url, 1.0, group.connections)  # warm-up, not measured
         time.sleep(0.15)  # a stall of the warm-up is closed and counted before the mark
@@ -231,22 +240,18 @@ def alternate(group: Group, kind: str, servers: int, seconds: float) -> dict[str
     estimate is the median ratio over all pairs, with a bootstrap 95 % interval that
     resamples servers, then pairs (the cost itself differs between server processes).
     """
-    env = {
-        "BENCH_ALTERNATE": kind,
-        "BENCH_APP": group.app,
-        "BENCH_OTEL": "1" if group.otel else "0",
-        "BENCH_PROBE": "0",
-        "BENCH_WINDOW": str(ALTERNATING_WINDOW[group.app]),
-        "DEMO_MODE": "optimized",
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-    }
-    ready = "/" if group.app == "hello" else "/health"
+    env = group.env(
+        BENCH_ALTERNATE=kind,
+        BENCH_APP=group.app,
+        BENCH_PROBE="0",
+        BENCH_WINDOW=str(ALTERNATING_WINDOW[group.app]),
+    )
     ratios: list[list[float]] = []  # per server
     cpu: dict[str, list[float]] = {alternating.OFF: [], kind: []}
     stalls = 0
     for _ in range(servers):
-        with uvicorn_server("bench.alternating:alternating_app", group.loop, env, ready) as server:
+        target = "bench.alternating:alternating_app"
+        with uvicorn_server(target, group.loop, env, group.ready_path) as server:
             url = server.url(group.path)
             run_wrk(url, 1.0, group.connections)  # warm-up, not measured
             began = time.monotonic()
@@ -312,6 +317,8 @@ def run(quick: bool) -> dict[str, object]:
     seconds = 2.0 if quick else 3.0
     results = []
     rounds_used = {}
+    servers = 1 if quick else ALTERNATING_SERVERS
+    loads = {app: load / (3 if quick else 1) for app, load in ALTERNATING_SECONDS.items()}
     for group in groups(quick):
         rounds = 3  # the verdict rests on the alternating servers; these runs give throughput
         rounds_used[group.label] = rounds
@@ -320,10 +327,10 @@ def run(quick: bool) -> dict[str, object]:
             "summary": result.summary(),
             "runs": [asdict(run) for run in result.runs],
         }
-        servers = 1 if quick else ALTERNATING_SERVERS
-        load = ALTERNATING_SECONDS[group.app] / (3 if quick else 1)
         kinds = ["middleware"] + (["watch"] if not group.otel else [])
-        entry["alternating"] = {kind: alternate(group, kind, servers, load) for kind in kinds}
+        entry["alternating"] = {
+            kind: alternate(group, kind, servers, loads[group.app]) for kind in kinds
+        }
         _log_alternating(group, entry["alternating"])
         results.append(entry)
     return {
@@ -333,14 +340,12 @@ def run(quick: bool) -> dict[str, object]:
         "load_average": os.getloadavg(),
         "groups": results,
         "alternating_window_s": ALTERNATING_WINDOW,
-        "alternating_seconds": {
-            app: ALTERNATING_SECONDS[app] / (3 if quick else 1) for app in ("hello", "example")
-        },
-        "alternating_servers": 1 if quick else ALTERNATING_SERVERS,
+        "alternating_seconds": loads,
+        "alternating_servers": servers,
     }
 
 
-ALTERNATING_WINDOW = {"hello": 0.25, "example": 1.0}
+ALTERNATING_WINDOW = {"hello": alternating.WINDOW, "example": 1.0}
 """Seconds per window: the example's requests take ~150 ms, so about 15 % of a window's
 requests straddle its edges (which pulls its measured difference toward zero by up to
 that share); the hello app's take ~7 ms."""
