@@ -2,15 +2,20 @@
 
 Every option is validated here, once, so the rest of the package can trust its inputs.
 An invalid value raises :class:`ValueError` naming the option (or variable), the value
-and the accepted range.
+and the accepted range. A ``LOOPWATCH_*`` variable that looks like a misspelt one
+(``LOOPWATCH_THRESHOLD`` for ``LOOPWATCH_THRESHOLD_MS``) is logged as a warning, once.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
+
+logger = logging.getLogger("loopwatch")
 
 DEFAULT_SKIP_MODULES: tuple[str, ...] = (
     "asyncio",
@@ -128,6 +133,11 @@ _OPTIONS: dict[str, _Option] = {
 ENVIRONMENT_VARIABLES: Mapping[str, str] = {name: opt.env for name, opt in _OPTIONS.items()}
 """Option name -> environment variable, for documentation and error messages."""
 
+OTHER_VARIABLES = ("LOOPWATCH_METRICS_PORT", "LOOPWATCH_METRICS_ADDR")
+"""Variables read elsewhere (the middleware's metrics server)."""
+
+_warned_misspelt: set[str] = set()
+
 
 def resolve_config(environ: Mapping[str, str] | None = None, **options: Any) -> Config:
     """Build a :class:`Config` from keyword options, the environment and the defaults.
@@ -135,6 +145,7 @@ def resolve_config(environ: Mapping[str, str] | None = None, **options: Any) -> 
     Keyword arguments win over the environment; ``None`` means "not given".
     """
     environ = os.environ if environ is None else environ
+    _warn_misspelt(environ)
     unknown = set(options) - set(_OPTIONS)
     if unknown:
         raise TypeError(
@@ -173,6 +184,21 @@ def resolve_config(environ: Mapping[str, str] | None = None, **options: Any) -> 
         )
     valid = {field.name for field in fields(Config)}
     return Config(**{key: value for key, value in values.items() if key in valid})
+
+
+def _warn_misspelt(environ: Mapping[str, str]) -> None:
+    """Log once each ``LOOPWATCH_*`` variable that is not loopwatch's but close to one
+    (other ``LOOPWATCH_*`` names, e.g. of a deployment's own tooling, pass silently)."""
+    known = [*ENVIRONMENT_VARIABLES.values(), *OTHER_VARIABLES]
+    for name in environ:
+        if not name.startswith("LOOPWATCH_") or name in known or name in _warned_misspelt:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            _warned_misspelt.add(name)
+            logger.warning(
+                "%s is not a loopwatch setting and is ignored; did you mean %s?", name, close[0]
+            )
 
 
 def _source(name: str, options: Mapping[str, Any]) -> str:

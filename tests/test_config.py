@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 
 import pytest
 
 import loopwatch
+from loopwatch import config as config_module
 from loopwatch.config import DEFAULT_SKIP_MODULES, resolve_config
 
 
@@ -87,6 +89,28 @@ def test_invalid_values_name_the_option_value_and_range(
 def test_unknown_option_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="unknown loopwatch option"):
         resolve_config({}, treshold=0.1)
+
+
+def test_misspelt_variable_is_logged_once_and_others_pass(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config_module, "_warned_misspelt", set())
+    environ = {
+        "LOOPWATCH_THRESHOLD": "250",  # the unit suffix forgotten: the default stays
+        "LOOPWATCH_METRIC_PORT": "9464",
+        "LOOPWATCH_JAEGER_BIN": "/opt/jaeger",  # not loopwatch's, nothing like it
+        "LOOPWATCH_THRESHOLD_MS": "300",
+    }
+    with caplog.at_level(logging.WARNING, logger="loopwatch"):
+        assert resolve_config(environ).threshold == 0.3
+        resolve_config(environ)
+    messages = sorted(record.getMessage() for record in caplog.records)
+    assert messages == [
+        "LOOPWATCH_METRIC_PORT is not a loopwatch setting and is ignored; "
+        "did you mean LOOPWATCH_METRICS_PORT?",
+        "LOOPWATCH_THRESHOLD is not a loopwatch setting and is ignored; "
+        "did you mean LOOPWATCH_THRESHOLD_MS?",
+    ]
 
 
 def test_invalid_hook() -> None:
