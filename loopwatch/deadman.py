@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import select
 import sys
@@ -35,56 +36,77 @@ class _ITimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
-class DeadManSwitch:
-    """A one-shot timer of ``delay`` seconds that :meth:`reset` restarts.
+def _itimerspec(seconds: float) -> _ITimerspec:
+    """A one-shot expiry ``seconds`` from now."""
+    whole = int(seconds)
+    return _ITimerspec(it_value=_Timespec(whole, int((seconds - whole) * 1e9)))
 
-    :meth:`reset` runs on the loop thread at every heartbeat tick; :meth:`wait` and
-    :meth:`trip` on other threads.
+
+class DeadManSwitch:
+    """A one-shot timer of ``delay`` seconds that :meth:`rearm` restarts.
+
+    :meth:`rearm` runs on the loop thread at every heartbeat tick (a system call with
+    arguments prepared once); :meth:`reset`, :meth:`wait` and :meth:`trip` on other
+    threads.
     """
 
-    def __init__(self, fd: int, arm: Callable[[float], None]) -> None:
+    def __init__(
+        self, fd: int, delay: float, arm: Callable[[float], object], rearm: Callable[[], object]
+    ) -> None:
+        self.delay = delay
         self._fd = fd
         self._arm = arm
+        self._rearm = rearm
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
 
     @classmethod
-    def create(cls) -> DeadManSwitch | None:
-        """A switch backed by a ``timerfd``, or ``None`` where there is none."""
+    def create(cls, delay: float) -> DeadManSwitch | None:
+        """A switch of ``delay`` seconds backed by a ``timerfd``, or ``None`` where there
+        is none."""
         if sys.platform != "linux":
             return None
+        delay = max(delay, 1e-6)  # a zero delay would disarm the timer instead
         try:
             if sys.version_info >= (3, 13):
                 fd = os.timerfd_create(_CLOCK_MONOTONIC, flags=_TFD_FLAGS)
-                return cls(fd, lambda seconds: os.timerfd_settime(fd, initial=seconds))
-            return cls._create_with_libc()
+                return cls(
+                    fd,
+                    delay,
+                    lambda seconds: os.timerfd_settime(fd, initial=seconds),
+                    functools.partial(os.timerfd_settime, fd, initial=delay),
+                )
+            return cls._create_with_libc(delay)
         except (OSError, AttributeError):
             return None
 
     @classmethod
-    def _create_with_libc(cls) -> DeadManSwitch:
+    def _create_with_libc(cls, delay: float) -> DeadManSwitch:
         # PyDLL: called with the GIL held (a short system call; releasing the GIL at every
         # tick would invite the very handover this module avoids).
         libc: Any = ctypes.PyDLL(ctypes.util.find_library("c"), use_errno=True)
         fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_FLAGS)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
-        spec = _ITimerspec()
         settime = libc.timerfd_settime
-        spec_ref = ctypes.byref(spec)
 
         def arm(seconds: float) -> None:
-            whole = int(seconds)
-            spec.it_value.tv_sec = whole
-            spec.it_value.tv_nsec = int((seconds - whole) * 1e9)
-            settime(fd, 0, spec_ref, None)
+            settime(fd, 0, ctypes.byref(_itimerspec(seconds)), None)
 
-        return cls(fd, arm)
+        preset = _itimerspec(delay)
+        return cls(fd, delay, arm, functools.partial(settime, fd, 0, ctypes.byref(preset), None))
+
+    def rearm(self) -> None:
+        """Restart the countdown: the switch trips ``delay`` seconds from now."""
+        try:  # noqa: SIM105 - contextlib.suppress is three Python calls at every tick
+            self._rearm()
+        except OSError:  # closed by a stop() racing this tick
+            pass
 
     def reset(self, delay: float) -> None:
-        """(Re)start the countdown: the switch trips ``delay`` seconds from now (at least
-        a microsecond: a zero delay would disarm the timer instead)."""
-        with contextlib.suppress(OSError):  # closed by a stop() racing this tick
+        """Restart the countdown with another delay: the switch trips ``delay`` seconds
+        from now (at least a microsecond: a zero delay would disarm the timer)."""
+        with contextlib.suppress(OSError):
             self._arm(max(delay, 1e-6))
 
     def trip(self) -> None:

@@ -44,12 +44,15 @@ class Tick(NamedTuple):
     process_cpu: float
 
 
+_new_tick = tuple.__new__
+
+
 class Heartbeat:
     """Schedules itself every ``interval`` seconds on ``loop`` and records each tick.
 
     Each tick is also passed to ``record`` (in-memory metrics; the first error turns it
-    off) and pushes back ``deadman`` (if given) by ``deadman_delay`` seconds, so that it
-    trips only when the loop stops ticking.
+    off) and re-arms ``deadman`` (if given), so that it trips only when the loop stops
+    ticking.
     """
 
     def __init__(
@@ -59,7 +62,6 @@ class Heartbeat:
         wake_watchdog: threading.Event,
         record: Callable[[Tick], None] | None = None,
         deadman: DeadManSwitch | None = None,
-        deadman_delay: float = 0.0,
     ) -> None:
         self.loop = loop
         self.interval = interval
@@ -76,7 +78,6 @@ class Heartbeat:
         self._context = contextvars.Context()
         self._number = 0
         self._deadman = deadman
-        self._deadman_delay = deadman_delay
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._running = False
@@ -107,14 +108,17 @@ class Heartbeat:
     def _tick(self) -> None:
         now = monotonic()
         self._number += 1
-        tick = Tick(self._number, self._due, now, GC_CLOCK.total, thread_time(), process_time())
+        # tuple.__new__: a namedtuple's own __new__ is one more Python call per tick
+        tick = _new_tick(
+            Tick, (self._number, self._due, now, GC_CLOCK.total, thread_time(), process_time())
+        )
         self.ticks.append(tick)
         self.last_ran = now
         if self.watchdog_waiting:
             self._wake_watchdog.set()
         if self._running:
             if self._deadman is not None:
-                self._deadman.reset(self._deadman_delay)
+                self._deadman.rearm()
             self._due = now + self.interval
             self._handle = self.loop.call_later(self.interval, self._tick, context=self._context)
         if self._record is not None:

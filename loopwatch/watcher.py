@@ -156,14 +156,13 @@ class _Running:
             lambda: self.watchdog.ongoing_stall_seconds,
             utilization,
         )
-        self.deadman = DeadManSwitch.create()
+        self.deadman = DeadManSwitch.create(detection_delay(config))
         self.heartbeat = Heartbeat(
             loop,
             config.interval,
             wake,
             self.gauges.record_tick,
             self.deadman,
-            detection_delay(config),
         )
         self.reporter = Reporter(
             config,

@@ -29,23 +29,28 @@ pytestmark = pytest.mark.skipif(
 Run = Callable[[Callable[[], Awaitable[Any]]], Any]
 
 
-def test_switch_trips_only_when_not_reset() -> None:
-    switch = DeadManSwitch.create()
+def test_switch_trips_only_when_not_rearmed() -> None:
+    switch = DeadManSwitch.create(0.1)
     assert switch is not None
     try:
-        switch.reset(0.1)
+        switch.rearm()
         for _ in range(5):  # kept alive for 0.25 s: never trips
             assert not switch.wait(0.05)
-            switch.reset(0.1)
+            switch.rearm()
         started = time.monotonic()
-        assert switch.wait(1.0), "not reset for 0.1 s: it trips"
+        assert switch.wait(1.0), "not rearmed for 0.1 s: it trips"
         assert 0.05 <= time.monotonic() - started <= 0.5
         assert not switch.wait(0.05), "a trip is reported once"
+        switch.reset(0.3)  # another delay, once (the watchdog's)
+        started = time.monotonic()
+        assert switch.wait(1.0)
+        assert 0.25 <= time.monotonic() - started <= 0.7
         switch.trip()
         assert switch.wait(1.0), "trip() wakes a waiter at once"
     finally:
         switch.close()
-    switch.reset(0.1)  # after close (a tick racing stop()): ignored, no error
+    switch.rearm()  # after close (a tick racing stop()): ignored, no error
+    switch.reset(0.1)
 
 
 def _voluntary_switches(native_id: int) -> int:
@@ -104,7 +109,7 @@ def test_watchdog_sleeps_while_the_loop_is_healthy_and_wakes_for_a_stall(run: Ru
 def test_without_the_switch_the_watchdog_polls(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where there is no timerfd (not Linux) the watchdog wakes every threshold instead,
     and finds the same stalls."""
-    monkeypatch.setattr(DeadManSwitch, "create", classmethod(lambda cls: None))
+    monkeypatch.setattr(DeadManSwitch, "create", classmethod(lambda cls, delay: None))
     wakes, events = _watch_then_stall(run, 1.0)
     assert wakes >= 8, f"polling every 100 ms: woke {wakes} times in 1 s"
     assert _culprits(events) == ["tests.workloads.spin"]
@@ -113,9 +118,11 @@ def test_without_the_switch_the_watchdog_polls(run: Run, monkeypatch: pytest.Mon
 def test_a_zero_or_negative_delay_trips_at_once() -> None:
     """timerfd disarms on a zero delay: reset() must never do that (a watchdog waiting on a
     disarmed switch would sleep through a stall)."""
-    switch = DeadManSwitch.create()
+    switch = DeadManSwitch.create(0.0)
     assert switch is not None
     try:
+        switch.rearm()
+        assert switch.wait(1.0), "create(0.0): rearm() did not trip"
         for delay in (0.0, 1e-12, -0.5):
             switch.reset(delay)
             assert switch.wait(1.0), f"reset({delay}) did not trip"
