@@ -162,9 +162,8 @@ def build_example_app(*, loopwatch: bool, otel: bool) -> FastAPI:
     """
     from prometheus_client import CollectorRegistry
 
-    from example import factory, work
+    from example import factory
 
-    work.cpu_heavy_blocking_work.__defaults__ = (EXAMPLE_CPU_ITERATIONS,)
     with contextlib.ExitStack() as patches:
         if not loopwatch:
             patches.enter_context(_replaced(factory, "LoopWatchMiddleware", _without_middleware))
@@ -174,6 +173,7 @@ def build_example_app(*, loopwatch: bool, otel: bool) -> FastAPI:
             span_exporter=DropSpans(),
             on_block=report_stall,
             prometheus_registry=CollectorRegistry(),
+            cpu_iterations=EXAMPLE_CPU_ITERATIONS,
         )
 
 

@@ -22,7 +22,7 @@ from example.telemetry import (
     otlp_traces_endpoint,
     setup_telemetry,
 )
-from example.work import Workload
+from example.work import Workload, resolve_cpu_iterations
 from loopwatch import BlockEvent, LoopWatchMiddleware
 
 MAX_DEBUG_BLOCK_SECONDS = 10.0
@@ -36,6 +36,7 @@ def create_app(
     metric_readers: Iterable[MetricReader] = (),
     prometheus_registry: CollectorRegistry | None = None,
     on_block: Callable[[BlockEvent], None] | None = None,
+    cpu_iterations: int | None = None,
 ) -> FastAPI:
     """Build the demo service.
 
@@ -51,6 +52,8 @@ def create_app(
         prometheus_registry: The registry ``GET /metrics`` serves; default the global one,
             which the off-loop server of ``LOOPWATCH_METRICS_PORT`` serves too.
         on_block: loopwatch's hook, called on its watchdog thread for every stall.
+        cpu_iterations: The CPU work per ``GET /items``; default ``$DEMO_CPU_ITERATIONS``,
+            else the article's 7,000,000.
 
     The providers are shut down (spans flushed) when the app's lifespan ends, so an app
     is served once. ``app.state.telemetry`` holds them.
@@ -67,7 +70,12 @@ def create_app(
         metric_readers=metric_readers,
         prometheus_registry=prometheus_registry,
     )
-    workload = Workload(demo_mode, telemetry.tracer, telemetry.background_job_duration_ms)
+    workload = Workload(
+        demo_mode,
+        telemetry.tracer,
+        telemetry.background_job_duration_ms,
+        resolve_cpu_iterations() if cpu_iterations is None else cpu_iterations,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

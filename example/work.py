@@ -10,6 +10,7 @@ import asyncio
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 
 from opentelemetry.metrics import Histogram
@@ -18,6 +19,31 @@ from opentelemetry.trace import Tracer
 from example.modes import Mode
 
 CPU_ITERATIONS = 7_000_000
+"""The article's CPU work per request (about 0.17 s on the 2-core machine of the docs)."""
+
+ITERATIONS_VARIABLE = "DEMO_CPU_ITERATIONS"
+
+
+def resolve_cpu_iterations(environ: Mapping[str, str] | None = None) -> int:
+    """``$DEMO_CPU_ITERATIONS``, else the article's :data:`CPU_ITERATIONS`.
+
+    Raises :class:`ValueError` naming the variable and its value unless it is a positive
+    whole number. A machine much faster than the article's needs more iterations for the
+    slow mode's stall to stay well above loopwatch's 100 ms threshold.
+    """
+    raw = (os.environ if environ is None else environ).get(ITERATIONS_VARIABLE, "").strip()
+    if not raw:
+        return CPU_ITERATIONS
+    try:
+        iterations = int(raw)
+    except ValueError:
+        iterations = 0
+    if iterations < 1:
+        raise ValueError(
+            f"{ITERATIONS_VARIABLE}={raw!r} is not a positive whole number "
+            f"(the article's work is {CPU_ITERATIONS})"
+        )
+    return iterations
 
 
 def cpu_heavy_blocking_work(iterations: int = CPU_ITERATIONS) -> int:
@@ -28,10 +54,10 @@ def cpu_heavy_blocking_work(iterations: int = CPU_ITERATIONS) -> int:
     return total
 
 
-def _traced_cpu_work(tracer: Tracer) -> int:
+def _traced_cpu_work(tracer: Tracer, iterations: int) -> int:
     """:func:`cpu_heavy_blocking_work` in a ``cpu.work`` span, for a worker thread."""
     with tracer.start_as_current_span("cpu.work"):
-        return cpu_heavy_blocking_work()
+        return cpu_heavy_blocking_work(iterations)
 
 
 class Workload:
@@ -41,8 +67,15 @@ class Workload:
     from the app's lifespan.
     """
 
-    def __init__(self, mode: Mode, tracer: Tracer, job_duration_ms: Histogram) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        tracer: Tracer,
+        job_duration_ms: Histogram,
+        cpu_iterations: int = CPU_ITERATIONS,
+    ) -> None:
         self._mode = mode
+        self._cpu_iterations = cpu_iterations
         self._tracer = tracer
         self._job_duration_ms = job_duration_ms
         self._pool: ProcessPoolExecutor | None = None
@@ -74,16 +107,18 @@ class Workload:
         """The CPU work: on the loop, in a thread or in a worker process, by mode."""
         if self._mode.cpu == "thread":
             with self._tracer.start_as_current_span("cpu.work.offloaded"):
-                return await asyncio.to_thread(_traced_cpu_work, self._tracer)
+                return await asyncio.to_thread(_traced_cpu_work, self._tracer, self._cpu_iterations)
         if self._mode.cpu == "process":
             if self._pool is None:
                 raise RuntimeError("the process pool is not started; serve the app with lifespan")
             with self._tracer.start_as_current_span("cpu.work.process"):
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._pool, cpu_heavy_blocking_work)
+                return await loop.run_in_executor(
+                    self._pool, cpu_heavy_blocking_work, self._cpu_iterations
+                )
         with self._tracer.start_as_current_span("cpu.work.blocking"):
             # Deliberately bad: the event loop stalls until the computation is done.
-            return cpu_heavy_blocking_work()
+            return cpu_heavy_blocking_work(self._cpu_iterations)
 
     async def post_processing(self) -> None:
         """A little extra async wait, for mixed timing in the trace."""

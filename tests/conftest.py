@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -73,6 +74,34 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
             pytest.skip("uvloop is not installed on this platform")
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+EXAMPLE_STALL_SECONDS = 0.3
+"""How long the example app's CPU work lasts in the tests: three times loopwatch's default
+threshold on any machine (the article's 7,000,000 iterations take about 0.17 s on the
+docs' machine, which a faster one would bring near the threshold)."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _example_work_of_three_thresholds() -> Iterator[None]:
+    """Size the example's CPU work (``$DEMO_CPU_ITERATIONS``, which apps and demos the
+    tests start in other processes inherit) to :data:`EXAMPLE_STALL_SECONDS` here, never
+    below the article's."""
+    from loopwatch.demo.source import make_example_importable
+
+    make_example_importable()
+    from example.work import CPU_ITERATIONS, ITERATIONS_VARIABLE, cpu_heavy_blocking_work
+
+    sample = 1_000_000
+    fastest = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        cpu_heavy_blocking_work(sample)
+        fastest = min(fastest, time.perf_counter() - started)
+    iterations = max(CPU_ITERATIONS, round(sample * EXAMPLE_STALL_SECONDS / fastest))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ITERATIONS_VARIABLE, str(iterations))
+        yield
 
 
 @pytest.fixture(autouse=True)

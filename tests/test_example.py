@@ -25,6 +25,7 @@ make_example_importable()
 from example.factory import create_app  # noqa: E402
 from example.modes import resolve_mode  # noqa: E402
 from example.telemetry import otlp_traces_endpoint, traces_url  # noqa: E402
+from example.work import CPU_ITERATIONS, resolve_cpu_iterations  # noqa: E402
 
 MODES = ("bottlenecks", "optimized", "process")
 UNREACHABLE = "http://127.0.0.1:9/v1/traces"
@@ -219,6 +220,14 @@ def test_invalid_mode_names_variable_value_and_choices(monkeypatch: pytest.Monke
     monkeypatch.setenv("DEMO_MODE", "fast")
     with pytest.raises(ValueError, match=r"DEMO_MODE='fast'.*bottlenecks, optimized, process"):
         create_app(span_exporter=InMemorySpanExporter(), prometheus_registry=CollectorRegistry())
+
+
+def test_cpu_work_size_comes_from_the_environment() -> None:
+    assert resolve_cpu_iterations({}) == CPU_ITERATIONS
+    assert resolve_cpu_iterations({"DEMO_CPU_ITERATIONS": " 12000000 "}) == 12_000_000
+    for bad in ("7M", "0", "-5"):
+        with pytest.raises(ValueError, match=rf"DEMO_CPU_ITERATIONS='{bad}' is not a positive"):
+            resolve_cpu_iterations({"DEMO_CPU_ITERATIONS": bad})
 
 
 def test_mode_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
