@@ -36,6 +36,10 @@ class _ITimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
+_SHORTEST_DELAY = 1e-6
+"""Every delay is at least this: a zero delay would disarm the timer instead of tripping it."""
+
+
 def _itimerspec(seconds: float) -> _ITimerspec:
     """A one-shot expiry ``seconds`` from now."""
     whole = int(seconds)
@@ -51,9 +55,8 @@ class DeadManSwitch:
     """
 
     def __init__(
-        self, fd: int, delay: float, arm: Callable[[float], object], rearm: Callable[[], object]
+        self, fd: int, arm: Callable[[float], object], rearm: Callable[[], object]
     ) -> None:
-        self.delay = delay
         self._fd = fd
         self._arm = arm
         self._rearm = rearm
@@ -66,13 +69,12 @@ class DeadManSwitch:
         is none."""
         if sys.platform != "linux":
             return None
-        delay = max(delay, 1e-6)  # a zero delay would disarm the timer instead
+        delay = max(delay, _SHORTEST_DELAY)
         try:
             if sys.version_info >= (3, 13):
                 fd = os.timerfd_create(_CLOCK_MONOTONIC, flags=_TFD_FLAGS)
                 return cls(
                     fd,
-                    delay,
                     lambda seconds: os.timerfd_settime(fd, initial=seconds),
                     functools.partial(os.timerfd_settime, fd, initial=delay),
                 )
@@ -94,7 +96,7 @@ class DeadManSwitch:
             settime(fd, 0, ctypes.byref(_itimerspec(seconds)), None)
 
         preset = _itimerspec(delay)
-        return cls(fd, delay, arm, functools.partial(settime, fd, 0, ctypes.byref(preset), None))
+        return cls(fd, arm, functools.partial(settime, fd, 0, ctypes.byref(preset), None))
 
     def rearm(self) -> None:
         """Restart the countdown: the switch trips ``delay`` seconds from now."""
@@ -105,9 +107,9 @@ class DeadManSwitch:
 
     def reset(self, delay: float) -> None:
         """Restart the countdown with another delay: the switch trips ``delay`` seconds
-        from now (at least a microsecond: a zero delay would disarm the timer)."""
+        from now (at least :data:`_SHORTEST_DELAY`)."""
         with contextlib.suppress(OSError):
-            self._arm(max(delay, 1e-6))
+            self._arm(max(delay, _SHORTEST_DELAY))
 
     def trip(self) -> None:
         """Trip the switch now (to wake a waiting watchdog, e.g. to stop it)."""
