@@ -1,22 +1,24 @@
 """Requests in flight on a loop, so a stall can name its culprit request and its victims.
 
-The middleware puts a :class:`Request` in a context variable for the time a request is
-served; that is all it does per request (it runs for every one). Nothing keeps a list:
-the watchdog thread finds the requests through the loop's tasks when a stall happens,
-the culprit in the stalled task's context, the victims in the contexts of the tasks
-waiting on the loop.
+For a request with a recording span, the middleware puts a :class:`Request` in a context
+variable for the time it is served (so that a stall's share can be put on the span before
+it ends); a request without one gets nothing. Nothing keeps a list: the watchdog thread
+finds the requests when a stall happens, the culprit in the stalled task's context (else
+by its ASGI scope in the stalled stack), the victims in the contexts (else the coroutine
+chains) of the tasks waiting on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from time import monotonic
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry import trace
 
+from .asgi_scope import http_scope_in_stack, http_scopes_waiting_on
 from .task_context import task_context
 
 CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
@@ -63,9 +65,7 @@ class Request:
     def route(self) -> str | None:
         """The route template (``/items/{item_id}``) once the router has matched it."""
         scope = self.scope
-        route = scope.get("route") if scope is not None else self._route
-        path = getattr(route, "path_format", None) or getattr(route, "path", None)
-        return path if isinstance(path, str) else None
+        return route_template(scope.get("route") if scope is not None else self._route)
 
     @property
     def delayed_by(self) -> float:
@@ -94,12 +94,45 @@ class Request:
             span.set_attribute("loopwatch.delayed_by", self.delayed_by)
 
 
+def route_template(route: object) -> str | None:
+    """The path template of a Starlette or FastAPI route (``scope["route"]``)."""
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+class RequestSummary(NamedTuple):
+    """A request found by its ASGI scope (none of its own was kept): its method and route
+    template, copied when it was found; the scope is not kept."""
+
+    method: str
+    route: str | None
+
+    @classmethod
+    def of(cls, scope: Mapping[str, Any]) -> RequestSummary:
+        return cls(str(scope.get("method") or ""), route_template(scope.get("route")))
+
+
+AnyRequest: TypeAlias = Request | RequestSummary
+"""A stall's culprit request, as kept by the middleware or as found by its scope."""
+
+
+class InFlight(NamedTuple):
+    """The requests waiting on a loop while it is stalled: those the middleware keeps a
+    :class:`Request` for, and how many more were found by their ASGI scope only."""
+
+    tracked: list[Request]
+    untracked: int
+
+
+NOTHING_IN_FLIGHT = InFlight([], 0)
+
+
 class OpenStall(NamedTuple):
     """A stall the watchdog has seen and not finished reporting."""
 
     number: int
     start: float
-    culprit: Request | None
+    culprit: AnyRequest | None
 
 
 class InflightRequests:
@@ -116,7 +149,17 @@ def request_in(context: contextvars.Context | None) -> Request | None:
     return context.get(CURRENT_REQUEST) if context is not None else None
 
 
-def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> list[Request]:
+def stalled_request(context: contextvars.Context | None, thread_id: int) -> AnyRequest | None:
+    """The request the stalled task serves: kept in its context, else found by its ASGI
+    scope in the stack of the loop thread ``thread_id`` (read off-loop, during the stall)."""
+    request = request_in(context)
+    if request is not None:
+        return request
+    scope = http_scope_in_stack(thread_id)
+    return RequestSummary.of(scope) if scope is not None else None
+
+
+def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> InFlight:
     """The unfinished requests whose tasks are alive on ``loop`` (from any thread).
 
     During a stall these tasks all wait on the loop. ``asyncio.all_tasks`` is written to
@@ -125,17 +168,20 @@ def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> list[Request]:
     try:
         tasks = asyncio.all_tasks(loop)
     except RuntimeError:
-        return []
-    found: dict[int, Request] = {}  # several tasks may serve one request
+        return NOTHING_IN_FLIGHT
+    tracked: dict[int, Request] = {}  # several tasks may serve one request
+    others: list[asyncio.Task[Any]] = []
     for task in tasks:
         request = request_in(task_context(task))
-        if request is not None and request.ended is None:
-            found[id(request)] = request
-    return list(found.values())
+        if request is None:
+            others.append(task)
+        elif request.ended is None:
+            tracked[id(request)] = request
+    return InFlight(list(tracked.values()), len(http_scopes_waiting_on(loop, others)))
 
 
 def victims(
-    candidates: list[Request], start: float, end: float, culprit: Request | None
+    candidates: list[Request], start: float, end: float, culprit: AnyRequest | None
 ) -> list[Request]:
     """The requests among ``candidates``, other than ``culprit``, in flight during
     ``[start, end]``."""

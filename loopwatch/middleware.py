@@ -2,9 +2,10 @@
 
 It starts the loop's watcher at lifespan start-up (or at the first request when the
 server runs without lifespan) and releases it at shutdown; several apps on one loop
-share one watcher. Each HTTP request is marked in a context variable, so a stall names
-the request that caused it and links the requests it held up. Websocket scopes pass
-through untouched; nothing is added to responses.
+share one watcher. A traced HTTP request is marked in a context variable, so that a stall
+puts the time it held the request up on the request's span before the span ends; any
+other request is found by its ASGI scope when a stall happens (see :mod:`.asgi_scope`).
+Websocket scopes pass through untouched; nothing is added to responses.
 """
 
 from __future__ import annotations
@@ -87,36 +88,24 @@ class LoopWatchMiddleware:
         if scope["type"] != "http":
             await self._serve_other(scope, receive, send)
             return
-        # Runs for every request: a few attribute operations and a context variable, no
-        # coroutine or list entry of its own, nothing that outlives the request but a small
-        # Request in the tasks it spawns. Measured by bench/instructions.py.
+        # Runs for every request: a few lookups; a request without a span to mark gets
+        # nothing more (a stall finds it by its scope). Measured by bench/instructions.py.
         watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
         if watcher is _NOT_STARTED:
             watcher = await self._start_without_lifespan()
-        if watcher is None:
+        span = _recording_span() if watcher is not None else None
+        if span is None:
             await self.app(scope, receive, send)
             return
-        # The span lookup is several Python calls: skipped where no OpenTelemetry context
-        # is attached (an app without tracing).
-        span: trace.Span | None = None
-        otel_variable = OTEL_CONTEXT_VARIABLE
-        attached = otel_variable.get(None) if otel_variable is not None else None
-        if attached is not None or otel_variable is None:
-            span = trace.get_current_span(attached)  # given the context: ~1,200 fewer
-            if not span.is_recording():
-                span = None
         outer = CURRENT_REQUEST.get()
         if outer is not None and outer.ended is None:
-            await self._serve_nested(outer, span, scope, receive, send)
+            await self._serve_nested(outer, scope, receive, send)
             return
         inflight = watcher.inflight
         request = Request(scope, span)
         token = CURRENT_REQUEST.set(request)
         try:
-            if span is None:
-                await self.app(scope, receive, send)
-            else:
-                await self.app(scope, receive, _settle_before_completion(request, inflight, send))
+            await self.app(scope, receive, _settle_before_completion(request, inflight, send))
         finally:
             CURRENT_REQUEST.reset(token)
             if request.ended is None:
@@ -142,15 +131,13 @@ class LoopWatchMiddleware:
         return watcher
 
     async def _serve_nested(
-        self, outer: Request, span: trace.Span | None, scope: Scope, receive: Receive, send: Send
+        self, outer: Request, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """A request an outer LoopWatchMiddleware already serves (a mounted sub-app): a
         request of its own would count as a victim of its own stalls. The outer request
-        takes this app's scope (for the route) and, if it had none, its span."""
+        takes this app's scope (for the route)."""
         saved_scope = outer.scope
         outer.scope = scope
-        if outer.span is None:
-            outer.span = span
         try:
             await self.app(scope, receive, send)
         finally:
@@ -212,6 +199,18 @@ class LoopWatchMiddleware:
         loop = asyncio.get_running_loop()
         if self._watchers.pop(loop, None) is not None:
             registry.release(loop)
+
+
+def _recording_span() -> trace.Span | None:
+    """The request's recording span, if it has one. The lookup through the OpenTelemetry
+    API is several Python calls: skipped where no OpenTelemetry context is attached (an
+    app without tracing)."""
+    variable = OTEL_CONTEXT_VARIABLE
+    attached = variable.get(None) if variable is not None else None
+    if attached is None and variable is not None:
+        return None
+    span = trace.get_current_span(attached)  # given the context: ~1,200 instructions fewer
+    return span if span.is_recording() else None
 
 
 def _settle_before_completion(request: Request, inflight: InflightRequests, send: Send) -> Send:

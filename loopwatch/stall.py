@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 
 from .heartbeat import Tick
-from .inflight import Request
+from .inflight import AnyRequest, InFlight
 from .sampler import RawFrame, Sample
 from .stacks import function_name
 
@@ -34,7 +34,7 @@ class TakenSample:
     on_time: bool
     task_name: str | None = None
     span: trace.Span | None = None
-    request: Request | None = None
+    request: AnyRequest | None = None
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Stall:
     end: float | None = None
     cause: str = CPU
     runnable_share: float | None = None
-    in_flight: list[Request] | None = None
+    in_flight: InFlight | None = None
 
     @property
     def on_time_samples(self) -> list[TakenSample]:
@@ -89,7 +89,7 @@ class Stall:
         return taken.span if taken else None
 
     @property
-    def request(self) -> Request | None:
+    def request(self) -> AnyRequest | None:
         taken = self._context_sample
         return taken.request if taken else None
 

@@ -21,7 +21,7 @@ from time import monotonic
 from .config import Config
 from .deadman import DeadManSwitch
 from .heartbeat import Heartbeat, Tick
-from .inflight import InflightRequests, OpenStall, request_in, requests_waiting_on
+from .inflight import InflightRequests, OpenStall, requests_waiting_on, stalled_request
 from .sampler import take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
@@ -324,7 +324,7 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                request_in(task.context),
+                stalled_request(task.context, thread_id),
             )
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -10,7 +11,16 @@ from typing import Any
 
 from starlette.routing import Route
 
-from loopwatch.inflight import CURRENT_REQUEST, Request, requests_waiting_on, victims
+from loopwatch.inflight import (
+    CURRENT_REQUEST,
+    AnyRequest,
+    InFlight,
+    Request,
+    RequestSummary,
+    requests_waiting_on,
+    stalled_request,
+    victims,
+)
 
 Run = Callable[[Callable[[], Awaitable[Any]]], Any]
 
@@ -43,8 +53,10 @@ def test_a_request_before_routing_has_no_route() -> None:
 
 def test_requests_are_found_through_the_tasks_waiting_on_a_stalled_loop(run: Run) -> None:
     """Read from another thread while the loop thread is stuck: one entry per unfinished
-    request however many tasks serve it, none for tasks outside a request."""
-    seen: Future[list[Request]] = Future()
+    tracked request however many tasks serve it, none for tasks outside a request; the
+    requests kept by nothing are counted by their HTTP scope (once each, however many
+    tasks serve it), except the running task's."""
+    seen: Future[InFlight] = Future()
 
     tasks: list[asyncio.Task[None]] = []
 
@@ -53,24 +65,37 @@ def test_requests_are_found_through_the_tasks_waiting_on_a_stalled_loop(run: Run
         tasks.extend(asyncio.create_task(asyncio.sleep(1)) for _ in range(helpers))
         await asyncio.sleep(1)
 
+    async def asgi_layer(scope: dict[str, Any]) -> None:
+        await inner_layer(scope)
+
+    async def inner_layer(scope: dict[str, Any]) -> None:
+        await asyncio.sleep(1)
+
     async def scenario() -> tuple[Request, Request, Request]:
         busy = Request({"type": "http", "method": "GET"}, None)
         idle = Request({"type": "http", "method": "GET"}, None)
         done = Request({"type": "http", "method": "GET"}, None)
         done.finish(None)
+        untracked = {"type": "http", "method": "GET"}
         tasks.extend(
             [
                 asyncio.create_task(serve(busy, helpers=3)),
                 asyncio.create_task(serve(idle, helpers=0)),
                 asyncio.create_task(serve(done, helpers=1)),
                 asyncio.create_task(asyncio.sleep(1)),
+                asyncio.create_task(asgi_layer(untracked)),
+                asyncio.create_task(asgi_layer(untracked)),  # a second task of one request
+                asyncio.create_task(asgi_layer({"type": "http", "method": "POST"})),
+                asyncio.create_task(asgi_layer({"type": "websocket"})),
             ]
         )
         await asyncio.sleep(0.05)  # every task waits now
         loop = asyncio.get_running_loop()
+        scope = {"type": "http", "method": "PUT"}  # the running task's: not a victim
         reader = threading.Thread(target=lambda: seen.set_result(requests_waiting_on(loop)))
         reader.start()
         reader.join()  # the loop thread is stuck here while the other thread reads
+        assert scope
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -79,4 +104,29 @@ def test_requests_are_found_through_the_tasks_waiting_on_a_stalled_loop(run: Run
     busy, idle, _ = run(scenario)
 
     found = seen.result(timeout=0)
-    assert sorted(map(id, found)) == sorted(map(id, [busy, idle]))
+    assert sorted(map(id, found.tracked)) == sorted(map(id, [busy, idle]))
+    assert found.untracked == 2
+
+
+def test_the_stalled_request_is_found_by_its_scope_when_none_was_kept() -> None:
+    """No request in the stalled task's context: the innermost HTTP scope in the stalled
+    thread's stack names it (method and route template, copied)."""
+    seen: Future[AnyRequest | None] = Future()
+    thread_id = threading.get_ident()
+
+    def outer_layer(scope: dict[str, Any]) -> None:
+        routed = {**scope, "route": Route("/items/{item_id}", endpoint)}
+        inner_layer(routed)
+
+    def inner_layer(scope: dict[str, Any]) -> None:
+        reader = threading.Thread(target=lambda: seen.set_result(stalled_request(None, thread_id)))
+        reader.start()
+        reader.join()
+
+    outer_layer({"type": "http", "method": "DELETE"})
+    assert seen.result(timeout=0) == RequestSummary("DELETE", "/items/{item_id}")
+    context = contextvars.copy_context()
+    request = Request({"type": "http", "method": "GET"}, None)
+    context.run(CURRENT_REQUEST.set, request)
+    assert stalled_request(context, thread_id) is request
+    assert stalled_request(None, thread_id) is None  # no HTTP scope in this stack

@@ -8,7 +8,7 @@ from opentelemetry.util.types import AttributeValue
 
 from ..config import Config
 from ..events import BlockEvent, FrameInfo
-from ..inflight import Request
+from ..inflight import AnyRequest
 from ..stacks import format_stack, frame_info
 from ..stall import Stall
 from ..timebase import epoch_seconds
@@ -19,7 +19,6 @@ class Description:
     """Everything the reporters need to know about one stall."""
 
     event: BlockEvent
-    culprit_request: Request | None
     stack_truncated: bool
     resumed_in: FrameInfo | None
 
@@ -67,7 +66,7 @@ def describe(
     stall: Stall,
     config: Config,
     thread: tuple[int, str],
-    request: Request | None,
+    request: AnyRequest | None,
     delayed_requests: int,
     *,
     now: float | None = None,
@@ -102,4 +101,4 @@ def describe(
         http_method=request.method if request else None,
         delayed_requests=delayed_requests,
     )
-    return Description(event, request, truncated, resumed_in)
+    return Description(event, truncated, resumed_in)

@@ -13,7 +13,7 @@ from .. import dump
 from ..config import Config
 from ..events import BlockEvent
 from ..heartbeat import Heartbeat, Tick
-from ..inflight import victims
+from ..inflight import NOTHING_IN_FLIGHT, victims
 from ..ratelimit import RateLimiter
 from ..stall import Stall
 from ..watchdog import StallListener
@@ -67,10 +67,12 @@ class Reporter(StallListener):
         if stall.suppressed:
             self._reported.pop(id(stall), None)
             return
-        delayed = victims(stall.in_flight or [], stall.start, end, request)
+        in_flight = stall.in_flight or NOTHING_IN_FLIGHT
+        delayed = victims(in_flight.tracked, stall.start, end, request)
         for victim in delayed:
             victim.settle(stall.number, stall.start, end)
-        description = describe(stall, self._config, self._thread(), request, len(delayed))
+        delayed_count = len(delayed) + in_flight.untracked
+        description = describe(stall, self._config, self._thread(), request, delayed_count)
         decision = self._reported.pop(id(stall), None)
         if decision is None:
             decision = self._limiter.allow(description.culprit_key)

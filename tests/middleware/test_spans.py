@@ -142,6 +142,34 @@ def test_victims_are_linked_and_marked(
     assert "loopwatch.delayed_by" not in attrs(culprit)
 
 
+@pytest.mark.parametrize("instrument", ["none", "before"])
+def test_requests_without_a_span_at_the_middleware_are_found_by_scope(
+    loop_name: str,
+    otel: Otel,
+    probe: Probe,
+    fastapi_app: Callable[..., FastAPI],
+    instrument: Instrument,
+) -> None:
+    """No tracing, or tracing inside loopwatch: the middleware keeps nothing per request.
+    The stall still names its request (from the ASGI scope in the stalled stack) and
+    counts the requests waiting on the loop (from their tasks' coroutines)."""
+    app = fastapi_app(instrument=instrument)
+    with serve_in_thread(app, loop=loop_name) as server, ThreadPoolExecutor(VICTIMS) as pool:
+        victims = [
+            pool.submit(get, f"{server.url}/sleep?seconds={VICTIM_SLEEP_S}") for _ in range(VICTIMS)
+        ]
+        wait_until(lambda: probe.sleepers >= VICTIMS, 5.0, "the victims to reach their handler")
+        assert get(f"{server.url}/block/3?seconds={STALL_S}").status_code == 200
+        assert [future.result(HTTP_TIMEOUT_S).status_code for future in victims] == [200] * 3
+        [blocked] = otel.blocked_spans()
+        if instrument == "before":
+            assert_child_of(blocked, server_span(otel, "/block/{item_id}"))
+    assert_names_culprit(blocked, "/block/{item_id}")
+    assert attrs(blocked)["loopwatch.delayed_requests"] == VICTIMS
+    [point] = otel.metric_points(BLOCK_DURATION, **{"http.route": "/block/{item_id}"})
+    assert point.count == 1
+
+
 def test_block_metric_carries_culprit_route(
     loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
 ) -> None:
