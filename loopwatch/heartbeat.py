@@ -4,6 +4,11 @@ Each tick records when it was due and when it actually ran into a bounded deque,
 the watchdog thread to read around stalls, hands the tick to an in-memory recorder (the
 delay metrics) and pushes back the watchdog's dead man's switch. It does no I/O, no
 export and no formatting.
+
+A tick on an idle loop wakes its thread, which then needs the GIL. Where other threads
+run Python code (CPU work handed to ``asyncio.to_thread``), each such wake-up waits for
+a GIL hand-over and costs the process far more than the tick itself: the heartbeat then
+ticks :data:`IDLE_STRETCH` times less often for as long as the loop stays idle.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -46,6 +52,19 @@ class Tick(NamedTuple):
 
 _new_tick = tuple.__new__
 
+IDLE_STRETCH = 4
+"""How many times longer the interval gets while waking the idle loop costs a GIL hand-over."""
+
+IDLE_SHARE = 0.25
+"""Below this share of CPU time between two ticks, the loop thread counts as idle."""
+
+
+def gil_wait(switch_interval: float) -> float:
+    """How late a tick must be to have waited for the GIL: another thread running Python
+    code gives it up after the switch interval (5 ms by default); an idle stdlib loop
+    wakes up to 1 ms late by itself (its ``epoll`` timeout is in whole milliseconds)."""
+    return max(0.002, switch_interval / 2)
+
 
 class Heartbeat:
     """Schedules itself every ``interval`` seconds on ``loop`` and records each tick.
@@ -79,6 +98,8 @@ class Heartbeat:
         self._number = 0
         self._deadman = deadman
         self._due = 0.0
+        self._gil_wait = gil_wait(sys.getswitchinterval())
+        self._previous_cpu = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._running = False
 
@@ -105,22 +126,35 @@ class Heartbeat:
         self._due = monotonic()
         self._tick()
 
+    @property
+    def next_due(self) -> float:
+        """When the next tick is due (the start of a stall is estimated from it)."""
+        return self._due
+
     def _tick(self) -> None:
         now = monotonic()
         self._number += 1
+        cpu = thread_time()
         # tuple.__new__: a namedtuple's own __new__ is one more Python call per tick
-        tick = _new_tick(
-            Tick, (self._number, self._due, now, GC_CLOCK.total, thread_time(), process_time())
-        )
+        tick = _new_tick(Tick, (self._number, self._due, now, GC_CLOCK.total, cpu, process_time()))
         self.ticks.append(tick)
+        interval = self.interval
+        previous = self.last_ran
+        if (
+            now - self._due > self._gil_wait
+            and previous is not None
+            and cpu - self._previous_cpu < IDLE_SHARE * (now - previous)
+        ):
+            interval *= IDLE_STRETCH  # it waited for the GIL, with nothing else to do
+        self._previous_cpu = cpu
         self.last_ran = now
         if self.watchdog_waiting:
             self._wake_watchdog.set()
         if self._running:
             if self._deadman is not None:
                 self._deadman.rearm()
-            self._due = now + self.interval
-            self._handle = self.loop.call_later(self.interval, self._tick, context=self._context)
+            self._due = now + interval
+            self._handle = self.loop.call_later(interval, self._tick, context=self._context)
         if self._record is not None:
             try:
                 self._record(tick)

@@ -43,8 +43,18 @@ PAUSED_CHECK = 1.0
 def detection_delay(config: Config) -> float:
     """How long after a tick the watchdog takes the loop for stalled: a stall that began
     after the tick is estimated to have begun half an interval later (see
-    ``Watchdog._estimated_start``), and it is one once it lasts ``threshold``."""
+    :func:`estimated_start`), and it is one once it lasts ``threshold``. After a stretched
+    interval (see :mod:`.heartbeat`) it is later: the watchdog, woken early, sleeps on."""
     return config.interval / 2 + config.threshold
+
+
+def estimated_start(last_ran: float, next_due: float) -> float:
+    """When a stall that began after the tick at ``last_ran`` most likely began.
+
+    It began before the next tick was due: the middle of that interval is off by at most
+    half an interval (2.5 ms at the default settings, 10 ms after a stretched one).
+    """
+    return last_ran + max(0.0, next_due - last_ran) / 2
 
 
 def held_off_tolerance(threshold: float) -> float:
@@ -183,15 +193,7 @@ class Watchdog:
             return monotonic() + config.interval
         if self._stall is not None:
             return self._next_sample_at
-        return last_ran + detection_delay(config)
-
-    def _estimated_start(self, last_ran: float) -> float:
-        """When a stall that began after the tick at ``last_ran`` most likely began.
-
-        It began before the next tick was due: the middle of that interval is off by at
-        most half an interval (5 ms at the default settings).
-        """
-        return last_ran + self._config.interval / 2
+        return estimated_start(last_ran, self._heartbeat.next_due) + config.threshold
 
     def _process_ticks(self) -> None:
         ticks = self._heartbeat.ticks
@@ -233,7 +235,7 @@ class Watchdog:
 
     def _tick_start(self, before: Tick, tick: Tick) -> float:
         """The start of a stall that ``tick`` ended, from the ticks' own records."""
-        return min(self._estimated_start(before.ran), tick.due)
+        return estimated_start(before.ran, tick.due)
 
     def _check(self, now: float, on_time: bool) -> None:
         stall = self._stall
@@ -252,7 +254,7 @@ class Watchdog:
             return
         if self._paused:
             return  # the loop runs again: its first tick resets the reference point
-        start = self._estimated_start(last_ran)
+        start = estimated_start(last_ran, self._heartbeat.next_due)
         if now - start < self._config.threshold:
             if self._deadman is not None:  # woken early: make sure the switch trips in time
                 self._deadman.reset(start + self._config.threshold - now)
