@@ -267,6 +267,52 @@ def middleware_cost(rounds: int, requests: int = 50_000) -> dict[str, dict[str, 
     }
 
 
+BESIDE_SECONDS = 2.0
+"""How long a thread runs Python code beside an idle loop, per run."""
+
+
+def _thread_rate_beside_idle_loop(watched: bool, seconds: float = BESIDE_SECONDS) -> float:
+    """Calls per second of a small pure-Python function in a thread, while the loop of the
+    calling thread is idle, watched by loopwatch (default configuration) or not."""
+    stop = threading.Event()
+    calls: list[int] = []
+
+    def work() -> None:
+        done = 0
+        while not stop.is_set():
+            sum(range(1000))
+            done += 1
+        calls.append(done)
+
+    async def main() -> None:
+        watcher = LoopWatch().start() if watched else None
+        await asyncio.sleep(0.1)
+        thread = threading.Thread(target=work)
+        thread.start()
+        await asyncio.sleep(seconds)
+        stop.set()
+        thread.join()
+        if watcher is not None:
+            watcher.stop()
+
+    asyncio.run(main())
+    return calls[0] / seconds
+
+
+def thread_beside_idle_loop(rounds: int, seed: int = 11) -> dict[str, list[float]]:
+    """The cost of the heartbeat to a thread running Python code beside an idle loop (CPU
+    work handed to ``asyncio.to_thread``): every tick wakes the loop, which takes the GIL
+    from that thread. Calls per second, without and with loopwatch, in shuffled pairs."""
+    rng = random.Random(seed)
+    rates: dict[str, list[float]] = {"none": [], "loopwatch": []}
+    for _ in range(rounds):
+        order = [False, True]
+        rng.shuffle(order)
+        for watched in order:
+            rates["loopwatch" if watched else "none"].append(_thread_rate_beside_idle_loop(watched))
+    return rates
+
+
 def worker(rounds: int, seed: int = 7) -> dict[str, object]:
     """Every case once per round in a shuffled order, then the sample cost."""
     rng = random.Random(seed)
@@ -295,6 +341,7 @@ def worker(rounds: int, seed: int = 7) -> dict[str, object]:
         "cpu": cpu,
         "sample": sample_cost(),
         "middleware": middleware_cost(3 if rounds <= 3 else 5),
+        "beside_idle_loop": thread_beside_idle_loop(2 if rounds <= 3 else 8),
     }
 
 
