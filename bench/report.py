@@ -909,8 +909,9 @@ def beside_idle_loop_lines(raw: dict[str, Any]) -> list[str]:
         f"{statistics.median(rates['loopwatch']):,.0f} with; the thread takes "
         f"{_pct(cost[0], 2)} longer for the same work (95 % interval {_pct(cost[1], 2)} "
         f"to {_pct(cost[2], 2)}). While ticks wait for the GIL and the loop is idle, the "
-        "heartbeat ticks 4 times less often (`loopwatch/heartbeat.py`); without that stretch, "
-        "an exploratory run of the same measurement gave +3.7 %.",
+        "heartbeat ticks 4 times less often (`loopwatch/heartbeat.py`). This figure moves "
+        "a lot between runs on this shared machine: docs/design.md (*Heartbeat pace*) "
+        "gives runs with and without that stretch.",
     ]
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 SCOPE_VARIABLE = "scope"
 
-MAX_DEPTH = 128
-"""Frames or awaited coroutines followed per stack or task."""
+MAX_DEPTH = 512
+"""Frames or awaited coroutines followed per stack or task (a stalled stack may be deep:
+recursion in the app's own code)."""
 
 MAX_TASKS = 2000
 """Tasks looked into per stall: a bound on the watchdog's work (and so on the GIL time it
@@ -52,7 +53,8 @@ def http_scopes_waiting_on(
     for task in tasks[:MAX_TASKS]:
         if task is running:
             continue
-        scope = _http_scope_in_chain(task.get_coro())
+        get_coro = getattr(task, "get_coro", None)  # a Task from a custom task factory
+        scope = _http_scope_in_chain(get_coro()) if get_coro is not None else None
         if scope is not None:
             found[id(scope)] = scope  # one request, several tasks: counted once
     return list(found.values())

@@ -107,18 +107,24 @@ def test_span_is_child_of_handler_span(
     assert handler.parent.span_id == outer.context.span_id
 
 
+def block_while_victims_wait(
+    url: str, pool: ThreadPoolExecutor, probe: Probe, item_id: int
+) -> None:
+    """Stall the loop with ``/block/{item_id}`` while :data:`VICTIMS` requests wait in
+    their handlers (``/sleep``); all of them succeed."""
+    victims = [pool.submit(get, f"{url}/sleep?seconds={VICTIM_SLEEP_S}") for _ in range(VICTIMS)]
+    wait_until(lambda: probe.sleepers >= VICTIMS, 5.0, "the victims to reach their handler")
+    assert get(f"{url}/block/{item_id}?seconds={STALL_S}").status_code == 200
+    assert [future.result(HTTP_TIMEOUT_S).status_code for future in victims] == [200] * VICTIMS
+
+
 def test_victims_are_linked_and_marked(
     loop_name: str, otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
 ) -> None:
     """Requests waiting on the loop during the stall are linked and carry ``delayed_by``."""
     app = fastapi_app(instrument="after")
     with serve_in_thread(app, loop=loop_name) as server, ThreadPoolExecutor(VICTIMS) as pool:
-        victims = [
-            pool.submit(get, f"{server.url}/sleep?seconds={VICTIM_SLEEP_S}") for _ in range(VICTIMS)
-        ]
-        wait_until(lambda: probe.sleepers >= VICTIMS, 5.0, "the victims to reach their handler")
-        assert get(f"{server.url}/block/1?seconds={STALL_S}").status_code == 200
-        assert [future.result(HTTP_TIMEOUT_S).status_code for future in victims] == [200] * 3
+        block_while_victims_wait(server.url, pool, probe, item_id=1)
         [blocked] = otel.blocked_spans()
         culprit = server_span(otel, "/block/{item_id}")
         wait_until(lambda: len(otel.server_spans("/sleep")) == VICTIMS, SPAN_WAIT_S, "victim spans")
@@ -155,12 +161,7 @@ def test_requests_without_a_span_at_the_middleware_are_found_by_scope(
     counts the requests waiting on the loop (from their tasks' coroutines)."""
     app = fastapi_app(instrument=instrument)
     with serve_in_thread(app, loop=loop_name) as server, ThreadPoolExecutor(VICTIMS) as pool:
-        victims = [
-            pool.submit(get, f"{server.url}/sleep?seconds={VICTIM_SLEEP_S}") for _ in range(VICTIMS)
-        ]
-        wait_until(lambda: probe.sleepers >= VICTIMS, 5.0, "the victims to reach their handler")
-        assert get(f"{server.url}/block/3?seconds={STALL_S}").status_code == 200
-        assert [future.result(HTTP_TIMEOUT_S).status_code for future in victims] == [200] * 3
+        block_while_victims_wait(server.url, pool, probe, item_id=3)
         [blocked] = otel.blocked_spans()
         if instrument == "before":
             assert_child_of(blocked, server_span(otel, "/block/{item_id}"))
