@@ -53,6 +53,39 @@ def test_switch_trips_only_when_not_rearmed() -> None:
     switch.reset(0.1)
 
 
+def test_rearming_keeps_the_gil() -> None:
+    """Each tick re-arms the switch with the GIL held: another thread running Python code
+    gets no chance to run during the system call (the switch interval is made long
+    enough that only a release of the GIL could let it run)."""
+    switch = DeadManSwitch.create(0.1)
+    assert switch is not None
+    progress = [0]
+    stop = threading.Event()
+
+    def other_python_thread() -> None:
+        while not stop.is_set():
+            progress[0] += 1
+
+    previous_interval = sys.getswitchinterval()
+    thread = threading.Thread(target=other_python_thread)
+    thread.start()
+    try:
+        while progress[0] == 0:
+            time.sleep(0.001)
+        sys.setswitchinterval(0.5)  # this thread holds the GIL; the other one waits
+        before = progress[0]
+        for _ in range(100):
+            switch.rearm()
+            if progress[0] != before:  # released: stop at once (getting it back takes 0.5 s)
+                break
+        assert progress[0] == before
+    finally:
+        sys.setswitchinterval(previous_interval)
+        stop.set()
+        thread.join()
+        switch.close()
+
+
 def _voluntary_switches(native_id: int) -> int:
     """How many times a thread of this process went to sleep so far (Linux)."""
     status = Path(f"/proc/self/task/{native_id}/status").read_text()
