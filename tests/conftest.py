@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -87,18 +86,14 @@ def _example_work_of_three_thresholds() -> Iterator[None]:
     """Size the example's CPU work (``$DEMO_CPU_ITERATIONS``, which apps and demos the
     tests start in other processes inherit) to :data:`EXAMPLE_STALL_SECONDS` here, never
     below the article's."""
+    from loopwatch.demo.calibration import iterations_lasting
     from loopwatch.demo.source import make_example_importable
 
     make_example_importable()
     from example.work import CPU_ITERATIONS, ITERATIONS_VARIABLE, cpu_heavy_blocking_work
 
-    sample = 1_000_000
-    fastest = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        cpu_heavy_blocking_work(sample)
-        fastest = min(fastest, time.perf_counter() - started)
-    iterations = max(CPU_ITERATIONS, round(sample * EXAMPLE_STALL_SECONDS / fastest))
+    lasting = iterations_lasting(EXAMPLE_STALL_SECONDS, cpu_heavy_blocking_work)
+    iterations = max(CPU_ITERATIONS, lasting)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ITERATIONS_VARIABLE, str(iterations))
         yield

@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from loopwatch.demo import run_demo, source
+from loopwatch.demo.calibration import SHORTEST_DEMO_STALL, demo_iterations, iterations_lasting
 from loopwatch.demo.runner import run_mode
 from loopwatch.demo.stats import quantile
 
@@ -54,6 +55,31 @@ def test_demo_needs_a_source_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path:
     output = io.StringIO()
     assert run_demo(console=Console(file=output, width=200)) == 2
     assert "runs from a source checkout" in output.getvalue()
+
+
+def test_demo_work_is_sized_by_the_variable_else_by_time() -> None:
+    """``$DEMO_CPU_ITERATIONS`` wins; without it the article's work, made long enough to
+    stall the loop at 1.5 x the threshold on a faster machine."""
+    from example.work import CPU_ITERATIONS, cpu_heavy_blocking_work
+
+    assert demo_iterations({"DEMO_CPU_ITERATIONS": "1234"}) == 1234
+    lasting = iterations_lasting(0.3, cpu_heavy_blocking_work)
+    started = time.perf_counter()
+    cpu_heavy_blocking_work(lasting)
+    assert 0.2 <= time.perf_counter() - started <= 0.6
+    iterations = demo_iterations({})
+    assert iterations >= CPU_ITERATIONS
+    started = time.perf_counter()
+    cpu_heavy_blocking_work(iterations)
+    assert time.perf_counter() - started >= 0.8 * SHORTEST_DEMO_STALL
+
+
+def test_demo_rejects_a_bad_work_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_CPU_ITERATIONS", "lots")
+    output = io.StringIO()
+    assert run_demo(console=Console(file=output, width=200)) == 2
+    message = output.getvalue()
+    assert "DEMO_CPU_ITERATIONS='lots' is not a positive whole number" in message
 
 
 @pytest.fixture

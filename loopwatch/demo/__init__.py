@@ -5,6 +5,7 @@ Runs from a source checkout (the example app is not part of the wheel).
 
 from __future__ import annotations
 
+import os
 import time
 
 from rich.console import Console
@@ -31,10 +32,16 @@ def run_demo(*, otlp_endpoint: str | None = None, console: Console | None = None
     try:
         from example.modes import MODES
         from example.telemetry import otlp_traces_endpoint, traces_url
+        from loopwatch.demo.calibration import demo_iterations
         from loopwatch.demo.report import render
         from loopwatch.demo.runner import STEPS, run_mode
     except ModuleNotFoundError as error:
         console.print(f"[bold red]loopwatch demo:[/] {error}; {INSTALL_HINT}")
+        return 2
+    try:
+        cpu_iterations = demo_iterations(os.environ)
+    except ValueError as error:
+        console.print(f"[bold red]loopwatch demo:[/] {error}")
         return 2
     otlp_endpoint = traces_url(otlp_endpoint) if otlp_endpoint else otlp_traces_endpoint()
 
@@ -53,7 +60,10 @@ def run_demo(*, otlp_endpoint: str | None = None, console: Console | None = None
         def step(description: str) -> None:
             progress.update(task, description=description, advance=1)
 
-        results = [run_mode(mode, otlp_endpoint=otlp_endpoint, step=step) for mode in MODES]
+        results = [
+            run_mode(mode, otlp_endpoint=otlp_endpoint, step=step, cpu_iterations=cpu_iterations)
+            for mode in MODES
+        ]
     console.rule("loopwatch demo: the article's FastAPI service, slow and fixed")
     render(results, root=root, console=console)
     elapsed = time.perf_counter() - started

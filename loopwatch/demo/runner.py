@@ -51,8 +51,11 @@ class ModeResult:
     """Median duration per span name in the traces of ``GET /items/1``."""
 
 
-def run_mode(mode: str, *, otlp_endpoint: str | None, step: Step) -> ModeResult:
-    """Serve ``mode`` on a free port, send the article's requests, read back the telemetry."""
+def run_mode(
+    mode: str, *, otlp_endpoint: str | None, step: Step, cpu_iterations: int | None = None
+) -> ModeResult:
+    """Serve ``mode`` on a free port, send the article's requests, read back the telemetry.
+    ``cpu_iterations`` sizes the CPU work (default: the app's own)."""
     spans = InMemorySpanExporter()
     stalls: list[BlockEvent] = []
 
@@ -69,6 +72,7 @@ def run_mode(mode: str, *, otlp_endpoint: str | None, step: Step) -> ModeResult:
         metric_readers=[metrics],
         prometheus_registry=CollectorRegistry(),
         on_block=collect,
+        cpu_iterations=cpu_iterations,
     )
     tracer_provider: TracerProvider = app.state.telemetry.tracer_provider
     step(f"{mode}: starting the app")

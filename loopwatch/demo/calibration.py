@@ -1,0 +1,44 @@
+"""Size the example's CPU work by time on this machine.
+
+The article's 7,000,000 iterations last about 0.17 s on the docs' machine; on one twice as
+fast they would last less than loopwatch's 100 ms threshold and the slow mode would show
+no stall. The work is never made smaller than the article's, only larger where it would
+be too short.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+SHORTEST_DEMO_STALL = 0.15
+"""The demo's CPU work lasts at least this long (1.5 x the default threshold)."""
+
+SAMPLE_ITERATIONS = 1_000_000
+
+
+def iterations_lasting(seconds: float, work: Callable[[int], object]) -> int:
+    """How many iterations of ``work`` last about ``seconds`` here (from the fastest of
+    three timed runs of :data:`SAMPLE_ITERATIONS`)."""
+    fastest = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        work(SAMPLE_ITERATIONS)
+        fastest = min(fastest, time.perf_counter() - started)
+    return round(SAMPLE_ITERATIONS * seconds / fastest)
+
+
+def demo_iterations(environ: Mapping[str, str]) -> int:
+    """``$DEMO_CPU_ITERATIONS`` if set (a :class:`ValueError` says what is wrong with it),
+    else the article's work, made longer where it would last under
+    :data:`SHORTEST_DEMO_STALL`."""
+    from example.work import (
+        CPU_ITERATIONS,
+        ITERATIONS_VARIABLE,
+        cpu_heavy_blocking_work,
+        resolve_cpu_iterations,
+    )
+
+    if environ.get(ITERATIONS_VARIABLE, "").strip():
+        return resolve_cpu_iterations(environ)
+    return max(CPU_ITERATIONS, iterations_lasting(SHORTEST_DEMO_STALL, cpu_heavy_blocking_work))
