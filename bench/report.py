@@ -1142,8 +1142,8 @@ def memory_section(results: Results, figures: dict[str, str]) -> list[str]:
         "",
         f"Growth after warm-up: {_growth_per_request(mem):.1f} bytes per request. Keeping "
         "any object per request would cost at least 16 bytes per request (the smallest "
-        "Python object), 50 or more for a dict entry; loopwatch's own buffers are bounded "
-        "(4096 heartbeat ticks, 256 recently finished requests). The verdict is *flat* "
+        "Python object), 50 or more for a dict entry; loopwatch keeps no list of requests "
+        "and its one buffer is bounded (the last 256 heartbeat ticks). The verdict is *flat* "
         f"below {LEAK_BYTES_PER_REQUEST:g} bytes per request with a constant thread count.",
     ]
     if mem.get("stall_lines"):
