@@ -40,23 +40,23 @@ def http_scope_in_stack(thread_id: int) -> Mapping[str, Any] | None:
     return None
 
 
-def http_scopes_waiting_on(
+def tasks_serving_http(
     loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[Any]]
-) -> list[Mapping[str, Any]]:
-    """The distinct HTTP scopes served by ``tasks`` (at most :data:`MAX_TASKS` of them),
-    except the task running on ``loop``: the requests a stall holds up."""
+) -> list[asyncio.Task[Any]]:
+    """One task per distinct HTTP scope served by ``tasks`` (at most :data:`MAX_TASKS` of
+    them), except the task running on ``loop``: the requests a stall holds up."""
     try:
         running = asyncio.current_task(loop)
     except RuntimeError:
         running = None
-    found: dict[int, Mapping[str, Any]] = {}
+    found: dict[int, asyncio.Task[Any]] = {}
     for task in tasks[:MAX_TASKS]:
         if task is running:
             continue
         get_coro = getattr(task, "get_coro", None)  # a Task from a custom task factory
         scope = _http_scope_in_chain(get_coro()) if get_coro is not None else None
         if scope is not None:
-            found[id(scope)] = scope  # one request, several tasks: counted once
+            found.setdefault(id(scope), task)  # one request, several tasks: counted once
     return list(found.values())
 
 

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry import trace
 
-from .asgi_scope import http_scope_in_stack, http_scopes_waiting_on
-from .task_context import task_context
+from .asgi_scope import http_scope_in_stack, tasks_serving_http
+from .task_context import current_span_in, task_context
 
 CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "loopwatch_request", default=None
@@ -118,13 +118,15 @@ AnyRequest: TypeAlias = Request | RequestSummary
 
 class InFlight(NamedTuple):
     """The requests waiting on a loop while it is stalled: those the middleware keeps a
-    :class:`Request` for, and how many more were found by their ASGI scope only."""
+    :class:`Request` for, how many more were found by their ASGI scope only, and the
+    spans current in the tasks of those (tracing inside loopwatch), to link."""
 
     tracked: list[Request]
     untracked: int
+    untracked_spans: list[trace.Span]
 
 
-NOTHING_IN_FLIGHT = InFlight([], 0)
+NOTHING_IN_FLIGHT = InFlight([], 0, [])
 
 
 class OpenStall(NamedTuple):
@@ -177,7 +179,11 @@ def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> InFlight:
             others.append(task)
         elif request.ended is None:
             tracked[id(request)] = request
-    return InFlight(list(tracked.values()), len(http_scopes_waiting_on(loop, others)))
+    serving = tasks_serving_http(loop, others)
+    spans = [current_span_in(task_context(task)) for task in serving]
+    return InFlight(
+        list(tracked.values()), len(serving), [span for span in spans if span is not None]
+    )
 
 
 def victims(

@@ -7,7 +7,6 @@ from opentelemetry import trace
 
 from .._version import __version__
 from ..config import Config
-from ..inflight import Request
 from ..timebase import epoch_ns
 from .describe import Description
 
@@ -27,10 +26,11 @@ class SpanReporter:
         parent: trace.Span | None,
         start: float,
         end: float,
-        delayed: list[Request],
+        delayed: list[trace.Span],
         dropped_reports: int,
     ) -> None:
-        """Create the span for a finished stall; ``start``/``end`` are monotonic seconds."""
+        """Create the span for a finished stall; ``start``/``end`` are monotonic seconds;
+        ``delayed`` are spans of the requests it held up, to link."""
         links: list[trace.Link] = []
         if parent is not None and parent.get_span_context().trace_flags.sampled:
             context = trace.set_span_in_context(parent)
@@ -38,12 +38,11 @@ class SpanReporter:
             context = otel_context.Context()
             if parent is not None:
                 links.append(trace.Link(parent.get_span_context(), {"loopwatch.link": "culprit"}))
-        victims = [request.span for request in delayed if request.span is not None]
-        for span in victims[:MAX_LINKS]:
+        for span in delayed[:MAX_LINKS]:
             links.append(trace.Link(span.get_span_context(), {"loopwatch.link": "delayed"}))
         attributes = description.attributes(self._config)
-        if len(victims) > MAX_LINKS:
-            attributes["loopwatch.links.dropped"] = len(victims) - MAX_LINKS
+        if len(delayed) > MAX_LINKS:
+            attributes["loopwatch.links.dropped"] = len(delayed) - MAX_LINKS
         if dropped_reports:
             attributes["loopwatch.reports.dropped"] = dropped_reports
         span = self._tracer.start_span(

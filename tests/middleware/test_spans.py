@@ -148,27 +148,50 @@ def test_victims_are_linked_and_marked(
     assert "loopwatch.delayed_by" not in attrs(culprit)
 
 
-@pytest.mark.parametrize("instrument", ["none", "before"])
-def test_requests_without_a_span_at_the_middleware_are_found_by_scope(
-    loop_name: str,
-    otel: Otel,
-    probe: Probe,
-    fastapi_app: Callable[..., FastAPI],
-    instrument: Instrument,
+def test_requests_of_an_untraced_app_are_found_by_scope(
+    loop_name: str, otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
 ) -> None:
-    """No tracing, or tracing inside loopwatch: the middleware keeps nothing per request.
-    The stall still names its request (from the ASGI scope in the stalled stack) and
-    counts the requests waiting on the loop (from their tasks' coroutines)."""
-    app = fastapi_app(instrument=instrument)
+    """No tracing: the middleware keeps nothing per request. The stall still names its
+    request (from the ASGI scope in the stalled stack) and counts the requests waiting on
+    the loop (from their tasks' coroutines)."""
+    app = fastapi_app(instrument="none")
     with serve_in_thread(app, loop=loop_name) as server, ThreadPoolExecutor(VICTIMS) as pool:
         block_while_victims_wait(server.url, pool, probe, item_id=3)
         [blocked] = otel.blocked_spans()
-        if instrument == "before":
-            assert_child_of(blocked, server_span(otel, "/block/{item_id}"))
     assert_names_culprit(blocked, "/block/{item_id}")
     assert attrs(blocked)["loopwatch.delayed_requests"] == VICTIMS
+    assert blocked.parent is None
+    assert not blocked.links
     [point] = otel.metric_points(BLOCK_DURATION, **{"http.route": "/block/{item_id}"})
     assert point.count == 1
+
+
+def test_tracing_inside_loopwatch_still_parents_and_links_the_stall(
+    loop_name: str, otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """The OpenTelemetry ASGI middleware inside loopwatch's: no span is recording when a
+    request reaches loopwatch, so it keeps nothing per request. The stall is still the
+    child of the culprit's server span (current in the stalled task) and links the spans
+    current in the tasks it held up (their server spans); ``loopwatch.delayed_by`` needs
+    tracing outside loopwatch."""
+    app = fastapi_app(instrument="asgi-inside")
+    with serve_in_thread(app, loop=loop_name) as server, ThreadPoolExecutor(VICTIMS) as pool:
+        block_while_victims_wait(server.url, pool, probe, item_id=4)
+        [blocked] = otel.blocked_spans()
+        wait_until(
+            lambda: sum(map(is_server, otel.spans())) == VICTIMS + 1, SPAN_WAIT_S, "server spans"
+        )
+    servers = [span for span in otel.spans() if is_server(span)]
+    assert blocked.context is not None
+    [culprit] = [s for s in servers if s.context and s.context.trace_id == blocked.context.trace_id]
+    victims = [span for span in servers if span is not culprit]
+    assert_names_culprit(blocked, "/block/{item_id}")
+    assert_child_of(blocked, culprit)
+    assert attrs(blocked)["loopwatch.delayed_requests"] == VICTIMS
+    assert {link.context.span_id for link in blocked.links} == {
+        span.context.span_id for span in victims if span.context
+    }
+    assert all("loopwatch.delayed_by" not in attrs(span) for span in victims)
 
 
 def test_block_metric_carries_culprit_route(

@@ -34,7 +34,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 THRESHOLD_S = 0.1
 """The loopwatch threshold of every app here; the tests stall the loop well above it."""
 
-Instrument = Literal["none", "before", "after"]
+Instrument = Literal["none", "before", "after", "asgi-inside"]
 
 
 def blocking_work(seconds: float) -> None:
@@ -90,7 +90,8 @@ def build_fastapi(
     instrument: Instrument = "none",
 ) -> FastAPI:
     """A FastAPI app; ``instrument`` calls ``FastAPIInstrumentor.instrument_app`` before or
-    after ``add_middleware(LoopWatchMiddleware)``."""
+    after ``add_middleware(LoopWatchMiddleware)`` (either way its middleware ends up
+    outermost), or adds the generic OpenTelemetry ASGI middleware inside loopwatch's."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +103,8 @@ def build_fastapi(
     tracer = trace.get_tracer("tests.middleware", tracer_provider=providers.tracer_provider)
     if instrument == "before":
         _instrument_fastapi(app, providers)
+    if instrument == "asgi-inside":  # added first: inner
+        app.add_middleware(OpenTelemetryMiddleware, tracer_provider=providers.tracer_provider)
     if loopwatch:
         app.add_middleware(LoopWatchMiddleware, **loopwatch_options(providers))
     if instrument == "after":
