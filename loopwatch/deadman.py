@@ -47,11 +47,13 @@ def _itimerspec(seconds: float) -> _ITimerspec:
 
 
 class DeadManSwitch:
-    """A one-shot timer of ``delay`` seconds that :meth:`rearm` restarts.
+    """A one-shot timer of ``delay`` seconds that :attr:`rearm` restarts.
 
-    :meth:`rearm` runs on the loop thread at every heartbeat tick (a system call with
-    arguments prepared once); :meth:`reset`, :meth:`wait` and :meth:`trip` on other
-    threads.
+    :attr:`rearm` runs on the loop thread at every heartbeat tick: it is the prepared
+    ``timerfd_settime`` call itself, with no Python call around it. :meth:`reset`,
+    :meth:`wait` and :meth:`trip` run on other threads. libc reports failures by return
+    value, which is ignored: the only one possible here is a descriptor already closed by
+    :meth:`close` (a tick racing a stop).
     """
 
     def __init__(
@@ -59,7 +61,8 @@ class DeadManSwitch:
     ) -> None:
         self._fd = fd
         self._arm = arm
-        self._rearm = rearm
+        self.rearm = rearm
+        """Restart the countdown: the switch trips ``delay`` seconds from now."""
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
 
@@ -92,18 +95,10 @@ class DeadManSwitch:
         preset = _itimerspec(delay)
         return cls(fd, arm, functools.partial(settime, fd, 0, ctypes.byref(preset), None))
 
-    def rearm(self) -> None:
-        """Restart the countdown: the switch trips ``delay`` seconds from now."""
-        try:  # noqa: SIM105 - contextlib.suppress is three Python calls at every tick
-            self._rearm()
-        except OSError:  # closed by a stop() racing this tick
-            pass
-
     def reset(self, delay: float) -> None:
         """Restart the countdown with another delay: the switch trips ``delay`` seconds
         from now (at least :data:`_SHORTEST_DELAY`)."""
-        with contextlib.suppress(OSError):
-            self._arm(max(delay, _SHORTEST_DELAY))
+        self._arm(max(delay, _SHORTEST_DELAY))
 
     def trip(self) -> None:
         """Trip the switch now (to wake a waiting watchdog, e.g. to stop it)."""

@@ -20,6 +20,8 @@ from .conftest import Telemetry
 THRESHOLD = 0.1
 INTERVAL = 0.005
 IDLE_SECONDS = 1.0
+HANDOVER_SLACK = 0.065
+"""How much later than the loop could have, a loaded machine may let it run (GIL and CPU)."""
 Run = Callable[[Callable[[], Awaitable[Any]]], Any]
 
 
@@ -93,12 +95,17 @@ async def stall_after_idle(telemetry: Telemetry, seconds: float) -> tuple[list[B
 def test_a_stall_after_stretched_intervals_is_still_measured(
     run: Run, telemetry: Telemetry
 ) -> None:
-    """Its start is estimated within half a stretched interval (10 ms), and its end waits
-    for the GIL like every tick (up to 5 ms)."""
+    """Its start is estimated within half a stretched interval (10 ms); both its start and
+    its end also wait for the GIL and for a CPU (here within 17 ms even beside two busy
+    processes; a shared CI machine once added 47 ms): :data:`HANDOVER_SLACK` covers that.
+    A start taken from the beginning of the idle time (0.3 s earlier) still fails."""
     with python_code_in_another_thread():
         events, took = run(lambda: stall_after_idle(telemetry, 0.3))
     [event] = events
     assert event.cause == "blocking"
     assert event.culprit is not None
     assert event.culprit.function == "tests.workloads.nap"
-    assert abs(event.duration - took) <= IDLE_STRETCH * INTERVAL / 2 + 0.005 + 0.01
+    error = event.duration - took
+    assert abs(error) <= IDLE_STRETCH * INTERVAL / 2 + HANDOVER_SLACK, (
+        f"duration off by {error:+.3f} s"
+    )
