@@ -94,7 +94,7 @@ def overhead_verdicts(groups: Sequence[dict[str, Any]]) -> tuple[str, str]:
     tested = [x for x in summaries if "p99_higher_p" in x]
     method = (
         f"one-sided exact Mann-Whitney test per row on {tested[0]['runs_per_config']} runs "
-        f"each, Holm-corrected over the {len(tested)} rows at {P99_FAMILY_ALPHA:.0%}"
+        f"each, Holm-corrected over the {len(tested)} rows at {P99_FAMILY_ALPHA * 100:.0f} %"
         if tested
         else ""
     )
