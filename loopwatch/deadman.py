@@ -57,9 +57,11 @@ class DeadManSwitch:
     """
 
     def __init__(
-        self, fd: int, arm: Callable[[float], object], rearm: Callable[[], object]
+        self, fd: int, delay: float, arm: Callable[[float], object], rearm: Callable[[], object]
     ) -> None:
         self._fd = fd
+        self.delay = delay
+        """Seconds from a :attr:`rearm` to the trip."""
         self._arm = arm
         self.rearm = rearm
         """Restart the countdown: the switch trips ``delay`` seconds from now."""
@@ -93,7 +95,7 @@ class DeadManSwitch:
             settime(fd, 0, ctypes.byref(_itimerspec(seconds)), None)
 
         preset = _itimerspec(delay)
-        return cls(fd, arm, functools.partial(settime, fd, 0, ctypes.byref(preset), None))
+        return cls(fd, delay, arm, functools.partial(settime, fd, 0, ctypes.byref(preset), None))
 
     def reset(self, delay: float) -> None:
         """Restart the countdown with another delay: the switch trips ``delay`` seconds

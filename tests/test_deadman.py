@@ -161,3 +161,39 @@ def test_a_zero_or_negative_delay_trips_at_once() -> None:
             assert switch.wait(1.0), f"reset({delay}) did not trip"
     finally:
         switch.close()
+
+
+def test_heartbeat_rearms_once_per_quarter_delay_not_every_tick(run: Run) -> None:
+    """A re-arm is a system call: the heartbeat re-arms the switch once per quarter of its
+    delay (~26 ms at the defaults), not at every 5 ms tick; it still trips in time."""
+    rearms = [0]
+    events: list[BlockEvent] = []
+
+    async def scenario() -> tuple[int, int]:
+        async with loopwatch.LoopWatch(0.1, on_block=events.append) as watcher:
+            parts = watcher._parts
+            assert parts is not None
+            assert parts.deadman is not None
+            rearm = parts.deadman.rearm
+
+            def counted() -> object:
+                rearms[0] += 1
+                return rearm()
+
+            parts.deadman.rearm = counted
+            await asyncio.sleep(0.1)
+            ticks_before, rearms_before = parts.heartbeat._number, rearms[0]
+            await _busy_but_healthy(1.0)
+            ticks = parts.heartbeat._number - ticks_before
+            rearmed = rearms[0] - rearms_before
+            workloads.spin(0.3)
+            await asyncio.sleep(0.2)
+        return ticks, rearmed
+
+    ticks, rearmed = run(scenario)
+    assert ticks >= 100, f"only {ticks} ticks in 1 s"
+    assert 10 <= rearmed <= ticks / 3, f"{rearmed} re-arms for {ticks} ticks in 1 s"
+    ongoing = [event for event in events if event.ongoing]
+    assert ongoing, "the stall was seen while it lasted"
+    assert ongoing[0].duration < 0.2, "first seen at the threshold, not later"
+    assert _culprits(events) == ["tests.workloads.spin"]
