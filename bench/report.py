@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -90,23 +91,24 @@ def overhead_verdicts(groups: Sequence[dict[str, Any]]) -> tuple[str, str]:
             f"{verdict} by server CPU per request: worst {_pct(cpu_change)} "
             f"({worst_cpu['group']}). {measured}"
         )
-    higher = p99_higher_groups(summaries)
-    tested = [x for x in summaries if "p99_higher_p" in x]
+    return rps, _p99_verdict(summaries)
+
+
+def _p99_verdict(summaries: Sequence[dict[str, Any]]) -> str:
+    tested = [s for s in summaries if "p99_higher_p" in s]
+    if not tested:
+        return "not resolved: these results have no rank test (rendered from an older run)"
     method = (
         f"one-sided exact Mann-Whitney test per row on {tested[0]['runs_per_config']} runs "
         f"each, Holm-corrected over the {len(tested)} rows at {P99_FAMILY_ALPHA * 100:.0f} %"
-        if tested
-        else ""
     )
-    p99 = (
-        "not resolved: these results have no rank test (rendered from an older run)"
-        if not tested
-        else f"met: no row's p99 with loopwatch is higher beyond noise ({method})"
-        if not higher
-        else f"MISSED: p99 with loopwatch higher beyond noise in: {', '.join(higher)} "
+    higher = p99_higher_groups(tested)
+    if not higher:
+        return f"met: no row's p99 with loopwatch is higher beyond noise ({method})"
+    return (
+        f"MISSED: p99 with loopwatch higher beyond noise in: {', '.join(higher)} "
         f"({method}; see table)"
     )
-    return rps, p99
 
 
 def alternating_estimates(groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -785,6 +787,7 @@ def _growth_per_request(mem: dict[str, Any]) -> float:
 
 def overhead_section(results: Results, figures: dict[str, str]) -> list[str]:
     o = results["overhead"]
+    runs = min(g["summary"]["runs_per_config"] for g in o["groups"])
     out = [
         "",
         "## Overhead under load",
@@ -813,11 +816,12 @@ def overhead_section(results: Results, figures: dict[str, str]) -> list[str]:
         "*p99 change (p higher)*: median p99 with against without, and the one-sided exact "
         "Mann-Whitney p-value that the runs with loopwatch have the higher p99 (separate "
         "server processes differ by a few per cent on their own). A row is higher beyond "
-        "noise when Holm's correction over all rows still rejects at 5 %: with 5 runs each "
-        "(smallest possible p: 0.004) only a complete separation can, so the test misses "
-        "shifts smaller than the "
-        "spread between servers; the same-process A/B below resolves those in CPU per "
-        "request, and closed-loop load turns that cost into latency one for one.",
+        "noise when Holm's correction over all rows still rejects at "
+        f"{P99_FAMILY_ALPHA * 100:.0f} %: with {runs} runs each (smallest possible p: "
+        f"{1 / math.comb(2 * runs, runs):.3f}) only a complete separation can, so the test "
+        "misses shifts smaller than the spread between servers; the same-process A/B below "
+        "resolves those in CPU per request, and closed-loop load turns that cost into "
+        "latency one for one.",
         "",
     ]
     if "overhead" in figures:

@@ -49,7 +49,7 @@ def _itimerspec(seconds: float) -> _ITimerspec:
 class DeadManSwitch:
     """A one-shot timer of ``delay`` seconds that :attr:`rearm` restarts.
 
-    :attr:`rearm` runs on the loop thread at every heartbeat tick: it is the prepared
+    :attr:`rearm` runs on the loop thread, from heartbeat ticks: it is the prepared
     ``timerfd_settime`` call itself, with no Python call around it. :meth:`reset`,
     :meth:`wait` and :meth:`trip` run on other threads. libc reports failures by return
     value, which is ignored: the only one possible here is a descriptor already closed by
