@@ -77,6 +77,18 @@ OTEL_CONTEXT_VARIABLE = _find_otel_context_variable()
 no span) is attached there."""
 
 
+def _find_otel_span_key() -> str | None:
+    """The key an OpenTelemetry context holds its current span under, found through the
+    public API: the only key of an empty context with a span set in it."""
+    keys = list(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context()))
+    return keys[0] if len(keys) == 1 else None
+
+
+OTEL_SPAN_KEY = _find_otel_span_key()
+"""Reading the span under this key is one dictionary lookup; ``trace.get_current_span``
+is several Python calls (a cost on every traced request)."""
+
+
 def current_span_in(context: contextvars.Context | None) -> trace.Span | None:
     """The OpenTelemetry span that is current inside ``context``, if any."""
     if context is None or OTEL_CONTEXT_VARIABLE is None:
