@@ -16,6 +16,8 @@ Two kinds of server (``BENCH_ALTERNATE``):
 - ``watch``: the app without loopwatch; every other window runs with ``LoopWatch()``
   started (heartbeat and watchdog): the cost of the watcher, which is per second, not
   per request.
+- ``empty``: as ``middleware``, with an :class:`EmptyMiddleware` in place of
+  ``LoopWatchMiddleware``: what any ASGI middleware costs a request, for reference.
 """
 
 from __future__ import annotations
@@ -92,9 +94,20 @@ class Lifespan:
             self._started.set()
 
 
+class EmptyMiddleware:
+    """A pure ASGI middleware that only calls the app: the least a middleware costs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 class Alternator:
     """Serves requests with ``plain`` or, in every other window, ``watched`` (state
-    ``middleware``) or ``plain`` with a watcher started (state ``watch``)."""
+    ``other``: ``middleware`` or ``empty``) or ``plain`` with a watcher started (state
+    ``watch``)."""
 
     def __init__(
         self, plain: ASGIApp, other: str, watched: ASGIApp | None = None, window: float = WINDOW
@@ -150,10 +163,10 @@ class Alternator:
 
     def _enter(self, state: str) -> LoopWatch | None:
         """Switch to ``state``; the watcher started for it, if any."""
-        if state == "middleware" and self._watched is not None:
-            self._current = self._watched
-        elif state == "watch":
+        if state == "watch":
             return LoopWatch(on_block=report_stall).start()
+        if state != OFF and self._watched is not None:
+            self._current = self._watched
         return None
 
 
@@ -165,7 +178,7 @@ async def _send_json(send: Send, value: object) -> None:
 
 
 def alternating_app() -> Alternator:
-    """uvicorn factory: ``BENCH_ALTERNATE`` (``middleware``/``watch``), ``BENCH_APP``
+    """uvicorn factory: ``BENCH_ALTERNATE`` (``middleware``/``watch``/``empty``), ``BENCH_APP``
     (``hello``/``example``), ``BENCH_OTEL`` as in :mod:`bench.apps`, ``BENCH_WINDOW``."""
     kind = os.environ.get("BENCH_ALTERNATE", "middleware")
     window = float(os.environ.get("BENCH_WINDOW", WINDOW))
@@ -173,8 +186,12 @@ def alternating_app() -> Alternator:
     otel = os.environ.get("BENCH_OTEL", "0") == "1"
     if kind == "watch":
         return Alternator(build(loopwatch=False, otel=otel), "watch", window=window)
+    if kind == "empty":
+        with_empty = build(loopwatch=False, otel=otel)
+        with_empty.add_middleware(EmptyMiddleware)
+        return Alternator(build(loopwatch=False, otel=otel), kind, with_empty, window)
     if kind != "middleware":
-        raise ValueError(f"BENCH_ALTERNATE={kind!r}: expected 'middleware' or 'watch'")
+        raise ValueError(f"BENCH_ALTERNATE={kind!r}: expected 'middleware', 'watch' or 'empty'")
     return Alternator(
-        build(loopwatch=False, otel=otel), "middleware", build(loopwatch=True, otel=otel), window
+        build(loopwatch=False, otel=otel), kind, build(loopwatch=True, otel=otel), window
     )

@@ -37,6 +37,8 @@ from .common import (
 )
 
 OFF, MIDDLEWARE, WATCH = "off", "middleware", "watch"
+EMPTY = "empty"
+"""Same-process A/B only: an empty ASGI middleware instead of ``LoopWatchMiddleware``."""
 _ENV = {OFF: "0", MIDDLEWARE: "1", WATCH: "watch"}
 
 
@@ -235,7 +237,7 @@ servers resolve it better than a few long ones."""
 
 
 def alternate(group: Group, kind: str, servers: int, seconds: float) -> dict[str, object]:
-    """The cost of ``kind`` (``middleware`` or ``watch``) from servers that alternate
+    """The cost of ``kind`` (``middleware``, ``watch`` or ``empty``) from servers that alternate
     between it and no loopwatch (see :mod:`bench.alternating`).
 
     Each pair of adjacent windows (A B or B A) gives one ratio of CPU per request; the
@@ -330,6 +332,8 @@ def run(quick: bool) -> dict[str, object]:
             "runs": [asdict(run) for run in result.runs],
         }
         kinds = ["middleware"] + (["watch"] if not group.otel else [])
+        if group.app == "hello" and not group.otel:
+            kinds.append(EMPTY)  # the reference: what any middleware costs a request
         entry["alternating"] = {
             kind: alternate(group, kind, servers, loads[group.app]) for kind in kinds
         }

@@ -133,6 +133,7 @@ def alternating_estimates(groups: Sequence[dict[str, Any]]) -> list[dict[str, An
             "summary": s,
             "middleware": middleware,
             "watch": watcher,
+            "empty": g["alternating"].get("empty"),
             "total": sum(p["ratio"] - 1 for p in parts),
             "total_interval": (
                 sum(p["ratio_interval"][0] - 1 for p in parts),
@@ -593,6 +594,13 @@ def _whose_cost(watcher_change: float, middleware_change: float) -> str:
     return "."
 
 
+def _empty_reference(empty: dict[str, Any] | None) -> str:
+    """How a finding compares the middleware with an empty one, where that was measured."""
+    if empty is None:
+        return ""
+    return f" (an empty ASGI middleware in its place: {_pct(empty['ratio'] - 1)})"
+
+
 def findings(results: Results) -> list[str]:
     """Where the missed goals come from, in numbers taken from this run."""
     sections = results.get("sections", [])
@@ -606,6 +614,7 @@ def findings(results: Results) -> list[str]:
                 f"{_pct(middleware['ratio'] - 1)} server CPU per request ({added:+.1f} µs on "
                 f"{middleware['cpu_off']:.0f}), the watcher {_pct(watcher['ratio'] - 1)} "
                 f"(measured without OpenTelemetry): {_pct(e['total'])} in all"
+                + _empty_reference(e["empty"])
                 + _whose_cost(watcher["ratio"] - 1, middleware["ratio"] - 1)
             )
     if "micro" in sections:
@@ -892,23 +901,30 @@ def alternating_section(o: dict[str, Any]) -> list[str]:
         "then). Each adjacent pair of windows gives one ratio; the estimate is the median "
         "ratio, with a bootstrap 95 % interval that resamples servers, then pairs: the "
         "cost itself differs from one server process to the next (column *by server*). "
-        "*All*: the two added (intervals too). A request "
+        "*All*: the two added (intervals too). *Empty middleware*, for reference: a third "
+        "server alternates as for the middleware, with an ASGI middleware that only calls "
+        "the app in its place: what being a middleware at all costs a request (hello app, "
+        "no OpenTelemetry). A request "
         "begun in one window may finish in the next: with the example's ~150 ms requests "
         "that pulls its differences toward zero by up to ~15 %.",
         "",
         "| app | loop | FastAPIInstrumentor | CPU µs/request without → with middleware "
         "| middleware (95 % interval) | watcher (95 % interval) | all (95 % interval) "
-        "| middleware by server | pairs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| empty middleware (95 % interval) | middleware by server | pairs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in estimates:
-        s, middleware, watcher = e["summary"], e["middleware"], e["watch"]
+        s, middleware, watcher, empty = e["summary"], e["middleware"], e["watch"], e["empty"]
+        empty_text = (
+            "—" if empty is None else _interval_text(empty["ratio"] - 1, empty["ratio_interval"])
+        )
         out.append(
             f"| {s['app']} | {s['loop']} | {'yes' if s['otel'] else 'no'} "
             f"| {middleware['cpu_off']:.1f} → {middleware['cpu_on']:.1f} "
             f"| {_interval_text(middleware['ratio'] - 1, middleware['ratio_interval'])} "
             f"| {_interval_text(watcher['ratio'] - 1, watcher['ratio_interval'])} "
             f"| {_interval_text(e['total'], tuple(1 + x for x in e['total_interval']))} "
+            f"| {empty_text} "
             f"| {', '.join(_pct(r - 1) for r in middleware.get('ratio_by_server', []))} "
             f"| {middleware['pairs']} + {watcher['pairs']} |"
         )
