@@ -9,7 +9,7 @@ A B B A A B ... so that a drift cancels out within each pair of windows. Per win
 records the process CPU time (every thread, loopwatch's watchdog included) and the
 requests begun; ``GET /_bench/windows`` hands them to the harness.
 
-Two kinds of server (``BENCH_ALTERNATE``):
+Three kinds of server (``BENCH_ALTERNATE``):
 
 - ``middleware``: the app built without and with ``LoopWatchMiddleware``, both started at
   start-up (so the watcher runs in every window): the per-request cost of the middleware.
