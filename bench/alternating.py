@@ -16,7 +16,7 @@ Three kinds of server (``BENCH_ALTERNATE``):
 - ``watch``: the app without loopwatch; every other window runs with ``LoopWatch()``
   started (heartbeat and watchdog): the cost of the watcher, which is per second, not
   per request.
-- ``empty``: as ``middleware``, with an :class:`EmptyMiddleware` in place of
+- ``empty``: as ``middleware``, with an :class:`.common.EmptyMiddleware` in place of
   ``LoopWatchMiddleware``: what any ASGI middleware costs a request, for reference.
 """
 
@@ -33,6 +33,7 @@ from typing import Any
 from loopwatch import LoopWatch
 
 from .apps import build_example_app, build_hello_app, report_stall
+from .common import EmptyMiddleware
 
 WINDOW = 0.25
 """Default seconds per window (``BENCH_WINDOW``): ~1,400 requests of the hello app. A
@@ -92,16 +93,6 @@ class Lifespan:
                             receive, send)  # fmt: skip
         finally:
             self._started.set()
-
-
-class EmptyMiddleware:
-    """A pure ASGI middleware that only calls the app: the least a middleware costs."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
 
 
 class Alternator:

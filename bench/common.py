@@ -1,4 +1,5 @@
-"""Shared helpers: machine description, statistics, server processes and wrk runs."""
+"""Shared helpers: machine description, statistics, server processes, wrk runs and an
+empty ASGI middleware (the reference for what one more layer costs)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -295,3 +297,13 @@ def write_raw(name: str, data: object) -> Path:
     path = RAW_DIR / f"{name}.json"
     path.write_text(json.dumps(data, indent=1, default=str))
     return path
+
+
+class EmptyMiddleware:
+    """A pure ASGI middleware that only calls the app: the least a middleware costs."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)

@@ -24,7 +24,7 @@ import uvloop
 from loopwatch import LoopWatch
 from loopwatch.sampler import take_sample
 
-from .common import median_interval
+from .common import EmptyMiddleware, median_interval
 
 SWITCHES = 400_000
 SLOW_CALLBACK = 0.1
@@ -204,16 +204,6 @@ async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-class _PassThrough:
-    """A middleware that does nothing: the cost of one more ASGI layer."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-
-
 async def _asgi_receive() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -248,7 +238,7 @@ def middleware_cost(rounds: int, requests: int = 50_000) -> dict[str, dict[str, 
 
     variants: dict[str, Callable[[], Any]] = {
         "bare app": lambda: _asgi_app,
-        "pass-through middleware": lambda: _PassThrough(_asgi_app),
+        "pass-through middleware": lambda: EmptyMiddleware(_asgi_app),
         "LoopWatchMiddleware(enabled=False)": lambda: LoopWatchMiddleware(_asgi_app, enabled=False),
         "LoopWatchMiddleware (default)": lambda: LoopWatchMiddleware(_asgi_app),
     }

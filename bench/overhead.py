@@ -331,7 +331,7 @@ def run(quick: bool) -> dict[str, object]:
             "summary": result.summary(),
             "runs": [asdict(run) for run in result.runs],
         }
-        kinds = ["middleware"] + (["watch"] if not group.otel else [])
+        kinds = [MIDDLEWARE] + ([WATCH] if not group.otel else [])
         if group.app == "hello" and not group.otel:
             kinds.append(EMPTY)  # the reference: what any middleware costs a request
         entry["alternating"] = {
