@@ -99,7 +99,8 @@ def _p99_verdict(summaries: Sequence[dict[str, Any]]) -> str:
     if not tested:
         return "not resolved: these results have no rank test (rendered from an older run)"
     method = (
-        f"one-sided exact Mann-Whitney test per row on {tested[0]['runs_per_config']} runs "
+        f"one-sided exact Mann-Whitney test per row on "
+        f"{min(s['runs_per_config'] for s in tested)} runs "
         f"each, Holm-corrected over the {len(tested)} rows at {P99_FAMILY_ALPHA * 100:.0f} %"
     )
     higher = p99_higher_groups(tested)
