@@ -10,11 +10,14 @@ every loop. A loop thread starved of CPU by other processes looks less busy than
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .heartbeat import Tick
 
 
 class UtilizationClock:
-    """Active and idle seconds of one loop since its first tick (updated on each tick)."""
+    """Active and idle seconds of one loop since its first tick (updated with each batch
+    of ticks, see :data:`.heartbeat.RECORD_BATCH`)."""
 
     def __init__(self) -> None:
         self.active = 0.0
@@ -22,11 +25,12 @@ class UtilizationClock:
         self._first: Tick | None = None
         self._blocked = 0.0
 
-    def on_tick(self, tick: Tick) -> None:
+    def on_ticks(self, ticks: Sequence[Tick]) -> None:
+        """Heartbeats ran (oldest first): the loop's time up to the newest one."""
         first = self._first
         if first is None:
-            self._first = tick
-            return
+            first = self._first = ticks[0]
+        tick = ticks[-1]
         wall = tick.ran - first.ran
         active = min(wall, tick.thread_cpu - first.thread_cpu + self._blocked)
         self.active, self.idle = active, wall - active

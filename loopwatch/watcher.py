@@ -161,7 +161,7 @@ class _Running:
             loop,
             config.interval,
             wake,
-            self.gauges.record_tick,
+            self.gauges.record_ticks,
             self.deadman,
         )
         self.reporter = Reporter(

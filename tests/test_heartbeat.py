@@ -4,15 +4,18 @@ win the GIL back from another thread running Python code, where it ticks less of
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 import loopwatch
 from loopwatch import BlockEvent
-from loopwatch.heartbeat import IDLE_STRETCH
+from loopwatch.heartbeat import IDLE_STRETCH, RECORD_BATCH, Heartbeat, Tick
 
 from . import workloads
 from .conftest import Telemetry
@@ -43,34 +46,30 @@ def python_code_in_another_thread() -> Iterator[None]:
         thread.join()
 
 
-def ticks(telemetry: Telemetry) -> int:
-    """Heartbeat ticks so far: the count of the loop delay histogram."""
-    [point] = telemetry.metrics()["asyncio.eventloop.delay"]
-    return int(point.count)
-
-
-async def ticks_while_idle(telemetry: Telemetry) -> int:
-    async with loopwatch.LoopWatch(
-        THRESHOLD, interval=INTERVAL, meter_provider=telemetry.meter_provider
-    ):
+async def ticks_while_idle() -> int:
+    """Ticks of a heartbeat on this idle loop during :data:`IDLE_SECONDS`, counted by
+    their numbers (nothing else takes them from its deque)."""
+    heartbeat = Heartbeat(asyncio.get_running_loop(), INTERVAL, threading.Event())
+    heartbeat.start()
+    try:
         await asyncio.sleep(0.1)
-        before = ticks(telemetry)
+        before = heartbeat.ticks[-1].number
         await asyncio.sleep(IDLE_SECONDS)
-        return ticks(telemetry) - before
+        return heartbeat.ticks[-1].number - before
+    finally:
+        heartbeat.stop()
 
 
-def test_an_idle_loop_ticks_every_interval(run: Run, telemetry: Telemetry) -> None:
-    counted = run(lambda: ticks_while_idle(telemetry))
+def test_an_idle_loop_ticks_every_interval(run: Run) -> None:
+    counted = run(ticks_while_idle)
     assert counted >= 0.6 * IDLE_SECONDS / INTERVAL  # 200 expected; 120 on a busy machine
 
 
-def test_an_idle_loop_ticks_less_while_another_thread_holds_the_gil(
-    run: Run, telemetry: Telemetry
-) -> None:
+def test_an_idle_loop_ticks_less_while_another_thread_holds_the_gil(run: Run) -> None:
     """Each tick waits up to the switch interval (5 ms) for the GIL: without the stretch,
     about one tick per 10 ms (100 a second); with it, one per 25 ms (40)."""
     with python_code_in_another_thread():
-        counted = run(lambda: ticks_while_idle(telemetry))
+        counted = run(ticks_while_idle)
     unstretched = IDLE_SECONDS / (INTERVAL + 0.005)
     assert counted <= 0.7 * unstretched
     assert counted >= 0.5 * IDLE_SECONDS / (IDLE_STRETCH * INTERVAL + 0.005)
@@ -109,3 +108,53 @@ def test_a_stall_after_stretched_intervals_is_still_measured(
     assert abs(error) <= IDLE_STRETCH * INTERVAL / 2 + HANDOVER_SLACK, (
         f"duration off by {error:+.3f} s"
     )
+
+
+async def tick_until(heartbeat: Heartbeat, number: int) -> None:
+    """Run ``heartbeat`` until its tick ``number`` (within 10 s)."""
+
+    async def reached() -> None:
+        while not heartbeat.ticks or heartbeat.ticks[-1].number < number:
+            await asyncio.sleep(0.01)
+
+    heartbeat.start()
+    try:
+        await asyncio.wait_for(reached(), 10)
+    finally:
+        heartbeat.stop()
+
+
+def test_ticks_reach_the_recorder_in_batches_oldest_first(run: Run) -> None:
+    batches: list[list[int]] = []
+
+    def record(ticks: Sequence[Tick]) -> None:
+        batches.append([tick.number for tick in ticks])
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        await tick_until(Heartbeat(loop, 0.001, threading.Event(), record), 2 * RECORD_BATCH)
+
+    run(scenario)
+    assert batches[:2] == [
+        list(range(1, RECORD_BATCH + 1)),
+        list(range(RECORD_BATCH + 1, 2 * RECORD_BATCH + 1)),
+    ]
+
+
+def test_a_failing_recorder_is_turned_off_and_the_heartbeat_goes_on(
+    run: Run, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def record(ticks: Sequence[Tick]) -> None:
+        calls.append(len(ticks))
+        raise RuntimeError("broken metrics")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        await tick_until(Heartbeat(loop, 0.001, threading.Event(), record), 3 * RECORD_BATCH)
+
+    with caplog.at_level(logging.ERROR, logger="loopwatch"):
+        run(scenario)
+    assert calls == [RECORD_BATCH]
+    assert "loopwatch stopped recording loop delay metrics" in caplog.text

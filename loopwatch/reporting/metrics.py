@@ -1,7 +1,7 @@
 """Loop metrics through the OpenTelemetry metrics API (meter ``loopwatch``).
 
 Instruments are created once per meter provider and shared by every watched loop. The
-heartbeat records each tick's delay on the loop thread (in memory, a few microseconds);
+heartbeat records its ticks' delays on the loop thread, in batches (in memory);
 the observable instruments read each loop's :class:`LoopGauges` from the collecting
 thread, so a scrape served from another thread sees a stuck loop as stuck.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -26,8 +26,9 @@ BLOCK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class LoopGauges:
-    """The per-loop metrics state: :meth:`record_tick` runs on the loop thread at every
-    heartbeat (in-memory only), the ``take_*`` methods on the collecting thread."""
+    """The per-loop metrics state: :meth:`record_ticks` runs on the loop thread for each
+    batch of heartbeat ticks (in-memory only), the ``take_*`` methods on the collecting
+    thread."""
 
     def __init__(
         self,
@@ -48,14 +49,18 @@ class LoopGauges:
     def thread_name(self) -> str:
         return self._thread_name()
 
-    def record_tick(self, tick: Tick) -> None:
-        """A heartbeat ran: record its delay (and the loop's busy time)."""
-        delay = max(0.0, tick.ran - tick.due)
-        self._delay.record(delay)
+    def record_ticks(self, ticks: Sequence[Tick]) -> None:
+        """Heartbeats ran (oldest first): record their delays (and the loop's busy time)."""
+        record = self._delay.record
+        largest = 0.0
+        for tick in ticks:
+            delay = max(0.0, tick.ran - tick.due)
+            record(delay)
+            largest = max(largest, delay)
         with self._lock:
-            self._max_delay = max(self._max_delay, delay)
-        if self.utilization is not None:
-            self.utilization.on_tick(tick)
+            self._max_delay = max(self._max_delay, largest)
+        if self.utilization is not None and ticks:
+            self.utilization.on_ticks(ticks)
 
     def take_max_delay(self) -> float:
         """The largest delay since the previous call."""
