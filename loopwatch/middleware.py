@@ -83,18 +83,29 @@ class LoopWatchMiddleware:
         ).enabled
         self._metrics_server = requested_server(metrics_port, metrics_addr)
         self._watchers: dict[asyncio.AbstractEventLoop, LoopWatch | None] = {}
+        # Set once a lifespan start-up completed: the server then sends lifespan events,
+        # and untraced requests need not check that their loop's watcher runs. (A second
+        # server without lifespan on another loop then starts its watcher with its first
+        # traced request.)
+        self._started_at_startup = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._serve_other(scope, receive, send)
             return
-        # Runs for every request: a few lookups; a request without a span to mark gets
-        # nothing more (a stall finds it by its scope). Measured by bench/instructions.py.
+        # Runs for every request. A request with no OpenTelemetry context, on a server
+        # whose lifespan started the watcher, gets nothing more (a stall finds it by its
+        # scope): looking up the loop costs a getpid() system call on Python < 3.12, and
+        # each step here costs about half a microsecond under load, its code and data out
+        # of the CPU caches (bench/preamble.py measures it).
+        if _attached_otel_context(None) is None and self._started_at_startup:
+            await self.app(scope, receive, send)
+            return
+        span = _recording_span()
         watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
         if watcher is _NOT_STARTED:
             watcher = await self._start_without_lifespan()
-        span = _recording_span() if watcher is not None else None
-        if span is None:
+        if span is None or watcher is None:
             await self.app(scope, receive, send)
             return
         outer = CURRENT_REQUEST.get()
@@ -156,6 +167,8 @@ class LoopWatchMiddleware:
     def _lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
             await send(message)
+            if message.get("type") == "lifespan.startup.complete":
+                self._started_at_startup = False
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 self._release()
 
@@ -199,6 +212,19 @@ class LoopWatchMiddleware:
         loop = asyncio.get_running_loop()
         if self._watchers.pop(loop, None) is not None:
             registry.release(loop)
+
+
+def _maybe_attached(default: None) -> object:
+    """Stands in for OpenTelemetry's context variable where it was not found: a context
+    may be attached."""
+    return _maybe_attached
+
+
+_attached_otel_context: Callable[[None], object] = (
+    OTEL_CONTEXT_VARIABLE.get if OTEL_CONTEXT_VARIABLE is not None else _maybe_attached
+)
+"""The OpenTelemetry context attached where it is called, ``None`` if none is (and so no
+span): one C call."""
 
 
 def _recording_span() -> trace.Span | None:

@@ -54,12 +54,14 @@ def test_lifespan_starts_and_stops_the_watcher(
     assert watchdog_threads() == baseline
 
 
+@pytest.mark.parametrize("instrument", ["after", "none"])
 def test_without_lifespan_starts_at_first_request(
-    loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI]
+    loop_name: str, otel: Otel, fastapi_app: Callable[..., FastAPI], instrument: str
 ) -> None:
-    """``--lifespan off``: nothing runs until the first request, which is already watched."""
+    """``--lifespan off``: nothing runs until the first request, which is already watched,
+    traced or not (an untraced request with lifespan does not look for its loop's watcher)."""
     baseline = watchdog_threads()
-    app = fastapi_app(instrument="after")
+    app = fastapi_app(instrument=instrument)
     with serve_in_thread(app, loop=loop_name, lifespan="off") as server:
         loop = server.loop
         assert loop not in registry._watchers
