@@ -168,7 +168,7 @@ class LoopWatchMiddleware:
         async def wrapped(message: Message) -> None:
             await send(message)
             if message.get("type") == "lifespan.startup.complete":
-                self._started_at_startup = False
+                self._started_at_startup = True
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 self._release()
 

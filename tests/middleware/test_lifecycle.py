@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +33,14 @@ def get(url: str) -> httpx.Response:
     return httpx.get(url, timeout=HTTP_TIMEOUT_S)
 
 
+def installed_middleware(app: FastAPI) -> LoopWatchMiddleware:
+    """The app's LoopWatchMiddleware instance, found down its built middleware stack."""
+    layer: Any = app.middleware_stack
+    while not isinstance(layer, LoopWatchMiddleware):
+        layer = layer.app
+    return layer
+
+
 def test_lifespan_starts_and_stops_the_watcher(
     loop_name: str, probe: Probe, fastapi_app: Callable[..., FastAPI]
 ) -> None:
@@ -48,6 +57,8 @@ def test_lifespan_starts_and_stops_the_watcher(
         assert probe.lifespan == ["startup"]
         assert get(f"{server.url}/health").status_code == 200
         assert registry._watchers.get(loop) is watcher
+        # so untraced requests skip looking up their loop's watcher
+        assert installed_middleware(app)._started_at_startup
     assert probe.lifespan == ["startup", "shutdown"]
     assert not is_running(watcher)
     assert loop not in registry._watchers
@@ -73,6 +84,7 @@ def test_without_lifespan_starts_at_first_request(
         assert watchdog_threads() == baseline + 1
         [blocked] = otel.blocked_spans()
         assert dict(blocked.attributes or {})["http.route"] == "/block/{item_id}"
+        assert not installed_middleware(app)._started_at_startup
     # No shutdown message: the watchdog ends when it sees the loop closed.
     wait_until(lambda: watchdog_threads() == baseline, STOP_WAIT_S, "the watchdog to end")
 
