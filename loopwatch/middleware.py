@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -83,28 +84,33 @@ class LoopWatchMiddleware:
         ).enabled
         self._metrics_server = requested_server(metrics_port, metrics_addr)
         self._watchers: dict[asyncio.AbstractEventLoop, LoopWatch | None] = {}
-        # Set once a lifespan start-up completed: the server then sends lifespan events,
-        # and untraced requests need not check that their loop's watcher runs. (A second
-        # server without lifespan on another loop then starts its watcher with its first
-        # traced request.)
-        self._started_at_startup = False
+        # The watchers that lifespan start-ups started, by the thread of their loop, from
+        # start-up complete to shutdown: a loop runs in one thread, and the thread's id is
+        # cheaper to get than the loop. While any is there, the server sends lifespan
+        # events, and untraced requests need not check that their loop's watcher runs (a
+        # second server without lifespan on another loop then starts its watcher with its
+        # first traced request).
+        self._lifespan_watchers: dict[int, LoopWatch | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._serve_other(scope, receive, send)
             return
-        # Runs for every request. A request with no OpenTelemetry context, on a server
-        # whose lifespan started the watcher, gets nothing more (a stall finds it by its
-        # scope): looking up the loop costs a getpid() system call on Python < 3.12, and
-        # each step here costs about half a microsecond under load, its code and data out
-        # of the CPU caches (bench/preamble.py measures it).
-        if _attached_otel_context(None) is None and self._started_at_startup:
+        # Runs for every request, with its code and data out of the CPU caches under load:
+        # each step costs about half a microsecond (bench/inserver.py times them). A
+        # request without a recording span, on a server whose lifespan started the
+        # watcher, gets nothing more (a stall finds it by its scope).
+        attached = _attached_otel_context(None)
+        span = None if attached is None else _recording_span(attached)
+        if span is None and self._lifespan_watchers:
             await self.app(scope, receive, send)
             return
-        span = _recording_span()
-        watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
+        # asyncio.get_running_loop() makes a getpid() system call on Python < 3.12
+        watcher = self._lifespan_watchers.get(threading.get_ident(), _NOT_STARTED)
         if watcher is _NOT_STARTED:
-            watcher = await self._start_without_lifespan()
+            watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
+            if watcher is _NOT_STARTED:
+                watcher = await self._start_without_lifespan()
         if span is None or watcher is None:
             await self.app(scope, receive, send)
             return
@@ -168,7 +174,8 @@ class LoopWatchMiddleware:
         async def wrapped(message: Message) -> None:
             await send(message)
             if message.get("type") == "lifespan.startup.complete":
-                self._started_at_startup = True
+                watcher = self._watchers.get(asyncio.get_running_loop())
+                self._lifespan_watchers[threading.get_ident()] = watcher
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 self._release()
 
@@ -209,6 +216,7 @@ class LoopWatchMiddleware:
         return provider
 
     def _release(self) -> None:
+        self._lifespan_watchers.pop(threading.get_ident(), None)
         loop = asyncio.get_running_loop()
         if self._watchers.pop(loop, None) is not None:
             registry.release(loop)
@@ -227,16 +235,13 @@ _attached_otel_context: Callable[[None], object] = (
 span): one C call."""
 
 
-def _recording_span() -> trace.Span | None:
-    """The request's recording span, if it has one. Read straight from the attached
-    OpenTelemetry context (see :data:`.task_context.OTEL_SPAN_KEY`): where none is
-    attached (an app without tracing), there is no span."""
-    variable, key = OTEL_CONTEXT_VARIABLE, OTEL_SPAN_KEY
-    if variable is None or key is None:  # OpenTelemetry keeps them elsewhere: ask its API
+def _recording_span(attached: Any) -> trace.Span | None:
+    """The request's recording span, if it has one, read straight from the ``attached``
+    OpenTelemetry context (see :data:`.task_context.OTEL_SPAN_KEY`)."""
+    if attached is _maybe_attached or OTEL_SPAN_KEY is None:  # kept elsewhere: ask the API
         span: trace.Span | None = trace.get_current_span()
     else:
-        attached = variable.get(None)
-        span = attached.get(key) if attached is not None else None
+        span = attached.get(OTEL_SPAN_KEY)
     return span if span is not None and span.is_recording() else None
 
 

@@ -57,9 +57,10 @@ def test_lifespan_starts_and_stops_the_watcher(
         assert probe.lifespan == ["startup"]
         assert get(f"{server.url}/health").status_code == 200
         assert registry._watchers.get(loop) is watcher
-        # so untraced requests skip looking up their loop's watcher
-        assert installed_middleware(app)._started_at_startup
+        # found by its thread; untraced requests skip looking for it
+        assert installed_middleware(app)._lifespan_watchers == {server.thread.ident: watcher}
     assert probe.lifespan == ["startup", "shutdown"]
+    assert installed_middleware(app)._lifespan_watchers == {}
     assert not is_running(watcher)
     assert loop not in registry._watchers
     assert watchdog_threads() == baseline
@@ -84,7 +85,7 @@ def test_without_lifespan_starts_at_first_request(
         assert watchdog_threads() == baseline + 1
         [blocked] = otel.blocked_spans()
         assert dict(blocked.attributes or {})["http.route"] == "/block/{item_id}"
-        assert not installed_middleware(app)._started_at_startup
+        assert installed_middleware(app)._lifespan_watchers == {}
     # No shutdown message: the watchdog ends when it sees the loop closed.
     wait_until(lambda: watchdog_threads() == baseline, STOP_WAIT_S, "the watchdog to end")
 
