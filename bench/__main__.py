@@ -23,17 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import accuracy, instructions, memory, micro, overhead, report
+from . import accuracy, inserver, instructions, memory, micro, overhead, report
 from .common import RAW_DIR, ROOT, machine
 
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "micro": micro.run,
     "accuracy": accuracy.run,
     "overhead": overhead.run,
+    "inserver": inserver.run,
     "memory": memory.run,
     "instructions": instructions.run,
 }
-NEEDS_WRK = {"overhead", "memory"}
+NEEDS_WRK = {"overhead", "inserver", "memory"}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -559,6 +559,8 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
     out += findings(results)
     if "overhead" in sections:
         out += overhead_section(results, figures)
+    if "inserver" in sections:
+        out += inserver_section(results["inserver"])
     if "micro" in sections:
         out += micro_section(results, figures)
     if "accuracy" in sections:
@@ -733,6 +735,11 @@ def goals(results: Results) -> list[str]:
         rps, p99 = overhead_verdicts(results["overhead"]["groups"])
         rows.append(f"| Overhead under load: at most 1 % throughput loss | {rps} |")
         rows.append(f"| Overhead under load: no p99 change beyond noise | {p99} |")
+    if "inserver" in sections:
+        rows.append(
+            "| Overhead under load: at most 1 % (loopwatch's own time, timed inside the "
+            f"server) | {inserver_verdict(results['inserver']['rows'])} |"
+        )
     if "instructions" in sections:
         rows.append(
             "| Overhead under load: at most 1 % (server instructions per request, counted by "
@@ -1034,6 +1041,50 @@ def micro_section(results: Results, figures: dict[str, str]) -> list[str]:
 
 def _otel_label(row: dict[str, Any]) -> str:
     return "with FastAPIInstrumentor" if row["otel"] else "no OTel"
+
+
+def inserver_verdict(rows: Sequence[dict[str, Any]]) -> str:
+    parts = [
+        f"hello / {row['loop']} / {_otel_label(row)}: {_pct(row['total_share'], 2)}" for row in rows
+    ]
+    worst = max(row["total_share"] for row in rows)
+    return "; ".join(parts) + f" ({'met' if worst <= 0.01 else 'MISSED'})"
+
+
+def inserver_section(data: dict[str, Any]) -> list[str]:
+    out = [
+        "",
+        "## Timed inside the server",
+        "",
+        "The hello app under wrk (as above, "
+        f"{data['connections']} connections, {data['seconds']:.0f} s per run, "
+        f"{data['rounds']} run(s) per row and middleware, the order rotating), with two "
+        "marker middlewares around the one under test, which read `perf_counter_ns` on "
+        "either side of it (on the way in, on the way out, and as each response message "
+        "passes through the `send` it hands down): each request's time in the middleware "
+        "is summed over the run; the runs with no middleware between the markers measure "
+        "the markers themselves, and are subtracted. With loopwatch, each heartbeat tick "
+        "is timed as well. These timings include what instruction counts do not: system "
+        "calls, and the cache misses of code that runs once per request or per tick in a "
+        "busy server (on Python 3.11, `asyncio.get_running_loop()` makes a `getpid()` "
+        "system call: it was on every request until the middleware skipped it for "
+        "untraced requests). They leave out the app's own code and data that loopwatch's "
+        "evict from the caches, which the A/B above includes. Medians over the runs; "
+        "*share* is of the CPU time per request of the runs with loopwatch.",
+        "",
+        "| app / loop / tracing | CPU / request | LoopWatchMiddleware | an empty middleware "
+        "| heartbeat | loopwatch's share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        out.append(
+            f"| hello / {row['loop']} / {_otel_label(row)} | "
+            f"{row['cpu_us_per_request']:.0f} µs | {row['middleware_ns'] / 1e3:.2f} µs "
+            f"({_pct(row['middleware_share'], 2)}) | {row['empty_ns'] / 1e3:.2f} µs | "
+            f"{row['ticks_per_s']:.0f} ticks/s x {row['us_per_tick']:.1f} µs "
+            f"({_pct(row['tick_share'], 2)}) | {_pct(row['total_share'], 2)} |"
+        )
+    return out
 
 
 def instructions_verdict(rows: Sequence[dict[str, Any]]) -> str:
