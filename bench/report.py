@@ -626,13 +626,22 @@ def findings(results: Results) -> list[str]:
         if middleware:
             added = (middleware["LoopWatchMiddleware (default)"]["median_us"]
                      - middleware["bare app"]["median_us"])  # fmt: skip
+            text = f"In a hot in-process loop the middleware adds {added:.1f} µs per request."
+            untraced = [
+                row for row in results.get("inserver", {}).get("rows", []) if not row["otel"]
+            ]
+            if "inserver" in sections and untraced:
+                timed = ", ".join(
+                    f"{row['middleware_ns'] / 1e3:.1f} µs ({row['loop']})" for row in untraced
+                )
+                text += (
+                    f" Timed inside a server under load it takes {timed} untraced: code that "
+                    "runs once per request runs there with its code and data out of the CPU "
+                    "caches (see *Timed inside the server*)."
+                )
             items.append(
-                f"In a hot in-process loop the middleware adds {added:.1f} µs per request. "
-                "Under load the same instructions can cost several times that (earlier "
-                "runs: +5 to +12 µs on hello / asyncio): in a busy server they run with "
-                "cold caches, and a manual split of server CPU into user and system time "
-                "put the added time in user space. Whatever a request leaves alive after "
-                "it ends costs every request (docs/design.md, *Per-request work*)."
+                text + " Whatever a request leaves alive after it ends costs every request "
+                "(docs/design.md, *Per-request work*)."
             )
         rows = {(r["loop"], r["shape"], r["monitor"]): r for r in results["micro"]["rows"]}
         for shape in SHAPE_NAMES:
