@@ -152,6 +152,8 @@ class Watchdog:
             self._schedstat.close()
         if not self._stopping.is_set():  # the loop closed, or an internal error
             self._on_exit(error)
+        elif error is not None:
+            logger.error("loopwatch watchdog failed while stopping", exc_info=error)
 
     def _wait(self) -> tuple[float, bool]:
         """Sleep until a stall may need attention; when it woke, and whether on time.
@@ -171,7 +173,10 @@ class Watchdog:
         else:
             intended = self._next_wake()
             timeout = intended - monotonic()
-            if timeout > 0 and self._wake.wait(timeout):
+            # A tick that came while a stall was being opened (before the heartbeat was
+            # told to wake us) ends it: no sleep then, or the stall would close late.
+            pending = self._stall is not None and self._heartbeat.ticks
+            if timeout > 0 and not pending and self._wake.wait(timeout):
                 self._wake.clear()
             woke = monotonic()
         return woke, woke - intended <= self._tolerance

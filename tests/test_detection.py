@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 import loopwatch
 from loopwatch import BlockEvent
+from loopwatch.watchdog import Watchdog
 
 from . import workloads
 from .conftest import Telemetry
@@ -127,6 +129,68 @@ def test_gil_holding_c_call_is_reported_without_guessing_a_culprit(
     span = telemetry.blocked_spans()[0]
     assert "code.function.name" not in span.attributes
     assert span.attributes["loopwatch.cause"] == "gil"
+
+
+def test_stall_that_ends_while_the_watchdog_opens_it_is_closed_at_once(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watchdog held off by a GIL-holding call gets the GIL when the call ends, and the
+    loop may tick between the watchdog's look at the ticks and its request to be woken by
+    the next tick. That tick ends the stall: the watchdog must not sleep through it until
+    its next sample. Forced here: the watchdog wakes 0.5 s into a 0.6 s stall, opening the
+    stall waits until the loop has ticked, and the loop then stops (no other tick comes).
+    """
+    held_off = threading.Event()
+    wait, read_schedstat = Watchdog._wait, Watchdog._read_schedstat
+
+    def wait_until_late_in_the_stall(self: Watchdog) -> tuple[float, bool]:
+        woke, on_time = wait(self)
+        last_ran = self._heartbeat.last_ran
+        if held_off.is_set() or last_ran is None or woke - last_ran < THRESHOLD:
+            return woke, on_time
+        held_off.set()
+        time.sleep(max(0.0, last_ran + 0.5 - time.monotonic()))
+        return time.monotonic(), False
+
+    def read_schedstat_once_the_loop_ticked(self: Watchdog) -> Any:
+        if self._stall is None and held_off.is_set():  # opening the stall
+            deadline = time.monotonic() + 5
+            while not self._heartbeat.ticks and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return read_schedstat(self)
+
+    monkeypatch.setattr(Watchdog, "_wait", wait_until_late_in_the_stall)
+    monkeypatch.setattr(Watchdog, "_read_schedstat", read_schedstat_once_the_loop_ticked)
+    ended_at: list[float] = []
+
+    def on_block(event: BlockEvent) -> None:
+        if not event.ongoing:
+            ended_at.append(time.monotonic())
+
+    async def stall_then_stop() -> float:
+        await asyncio.sleep(0.2)
+        workloads.nap(0.6)
+        await asyncio.sleep(0)  # the heartbeat ticks in this turn; then the loop stops
+        return time.monotonic()
+
+    loop = asyncio.new_event_loop()
+    watch = loopwatch.LoopWatch(
+        THRESHOLD,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        on_block=on_block,
+    )
+    try:
+        watch.start(loop)
+        resumed = loop.run_until_complete(stall_then_stop())
+        time.sleep(1.0)  # the next sample is due about 0.4 s after the stall ended
+        watch.stop()
+    finally:
+        loop.close()
+
+    assert held_off.is_set(), "the watchdog never woke during the stall"
+    assert len(ended_at) == 1, ended_at
+    assert ended_at[0] - resumed < 0.15, f"the stall ended {ended_at[0] - resumed:.3f} s late"
 
 
 def test_garbage_collection_is_named_as_the_cause(
