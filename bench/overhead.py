@@ -38,6 +38,7 @@ from .common import (
 
 OFF, MIDDLEWARE, WATCH = "off", "middleware", "watch"
 EMPTY = "empty"
+SAME = "same"
 """Same-process A/B only: an empty ASGI middleware instead of ``LoopWatchMiddleware``."""
 _ENV = {OFF: "0", MIDDLEWARE: "1", WATCH: "watch"}
 
@@ -237,8 +238,9 @@ servers resolve it better than a few long ones."""
 
 
 def alternate(group: Group, kind: str, servers: int, seconds: float) -> dict[str, object]:
-    """The cost of ``kind`` (``middleware``, ``watch`` or ``empty``) from servers that alternate
-    between it and no loopwatch (see :mod:`bench.alternating`).
+    """The cost of ``kind`` (``middleware``, ``watch``, ``empty``, or ``same``: the app without
+    loopwatch built twice) from servers that alternate between it and no loopwatch (see
+    :mod:`bench.alternating`).
 
     Each pair of adjacent windows (A B or B A) gives one ratio of CPU per request; the
     estimate is the median ratio over all pairs, with a bootstrap 95 % interval that
@@ -334,6 +336,8 @@ def run(quick: bool) -> dict[str, object]:
         kinds = [MIDDLEWARE] + ([WATCH] if not group.otel else [])
         if group.app == "hello" and not group.otel:
             kinds.append(EMPTY)  # the reference: what any middleware costs a request
+        if group.app == "hello":
+            kinds.append(SAME)  # the control: what the method reads with nothing to find
         entry["alternating"] = {
             kind: alternate(group, kind, servers, loads[group.app]) for kind in kinds
         }

@@ -135,6 +135,7 @@ def alternating_estimates(groups: Sequence[dict[str, Any]]) -> list[dict[str, An
             "middleware": middleware,
             "watch": watcher,
             "empty": g["alternating"].get("empty"),
+            "same": g["alternating"].get("same"),
             "total": sum(p["ratio"] - 1 for p in parts),
             "total_interval": (
                 sum(p["ratio_interval"][0] - 1 for p in parts),
@@ -604,6 +605,17 @@ def _empty_reference(empty: dict[str, Any] | None) -> str:
     return f" (an empty ASGI middleware in its place: {_pct(empty['ratio'] - 1)})"
 
 
+def _same_reference(same: dict[str, Any] | None) -> str:
+    """How a finding compares the A/B with the A/A control, where that was measured."""
+    if same is None:
+        return ""
+    low, high = same["ratio_interval"]
+    return (
+        f"; the same app twice (A/A) reads {_pct(same['ratio'] - 1)} "
+        f"({_pct(low - 1)} to {_pct(high - 1)})"
+    )
+
+
 def findings(results: Results) -> list[str]:
     """Where the missed goals come from, in numbers taken from this run."""
     sections = results.get("sections", [])
@@ -618,6 +630,7 @@ def findings(results: Results) -> list[str]:
                 f"{middleware['cpu_off']:.0f}), the watcher {_pct(watcher['ratio'] - 1)} "
                 f"(measured without OpenTelemetry): {_pct(e['total'])} in all"
                 + _empty_reference(e["empty"])
+                + _same_reference(e["same"])
                 + _whose_cost(watcher["ratio"] - 1, middleware["ratio"] - 1)
             )
     if "micro" in sections:
@@ -921,19 +934,24 @@ def alternating_section(o: dict[str, Any]) -> list[str]:
         "*All*: the two added (intervals too). *Empty middleware*, for reference: a third "
         "server alternates as for the middleware, with an ASGI middleware that only calls "
         "the app in its place: what being a middleware at all costs a request (hello app, "
-        "no OpenTelemetry). A request "
+        "no OpenTelemetry). *A/A*, the control: a fourth server alternates between two "
+        "copies of the app without loopwatch, built the same way (hello app): what this "
+        "method reads as a cost when there is none; an A/B row means little beyond its "
+        "A/A. A request "
         "begun in one window may finish in the next: with the example's ~150 ms requests "
         "that pulls its differences toward zero by up to ~15 %.",
         "",
         "| app | loop | FastAPIInstrumentor | CPU µs/request without → with middleware "
         "| middleware (95 % interval) | watcher (95 % interval) | all (95 % interval) "
-        "| empty middleware (95 % interval) | middleware by server | pairs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| empty middleware (95 % interval) | A/A: the same app twice (95 % interval) "
+        "| middleware by server | pairs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in estimates:
         s, middleware, watcher, empty = e["summary"], e["middleware"], e["watch"], e["empty"]
-        empty_text = (
-            "—" if empty is None else _interval_text(empty["ratio"] - 1, empty["ratio_interval"])
+        empty_text, same_text = (
+            "—" if part is None else _interval_text(part["ratio"] - 1, part["ratio_interval"])
+            for part in (empty, e["same"])
         )
         out.append(
             f"| {s['app']} | {s['loop']} | {'yes' if s['otel'] else 'no'} "
@@ -941,7 +959,7 @@ def alternating_section(o: dict[str, Any]) -> list[str]:
             f"| {_interval_text(middleware['ratio'] - 1, middleware['ratio_interval'])} "
             f"| {_interval_text(watcher['ratio'] - 1, watcher['ratio_interval'])} "
             f"| {_interval_text(e['total'], tuple(1 + x for x in e['total_interval']))} "
-            f"| {empty_text} "
+            f"| {empty_text} | {same_text} "
             f"| {', '.join(_pct(r - 1) for r in middleware.get('ratio_by_server', []))} "
             f"| {middleware['pairs']} + {watcher['pairs']} |"
         )
