@@ -52,17 +52,30 @@ PENDING_TIMER = "none, one timer pending"
 any server has (keep-alive timeouts, sleeps): the stdlib loop then checks its timer heap
 at every iteration, as it does for loopwatch's heartbeat. The baseline a real app has."""
 
+IDLE_THREAD = "none, one idle thread"
+"""No monitor, but one more thread, blocked for the whole run (as a watchdog is while the
+loop runs). On Linux a process with a second thread pays for it in every system call on
+a file descriptor: ``epoll_wait`` then takes a reference on the epoll file, which a
+process with one thread skips."""
+
+TIMER_AND_THREAD = "none, one timer and one idle thread"
+"""No monitor, with one idle timer and one idle thread: what a server has anyway (timeouts,
+a thread pool, an exporter's thread). The baseline loopwatch's own cost is read against."""
+
+BASELINES = (PENDING_TIMER, IDLE_THREAD, TIMER_AND_THREAD)
+
 SHAPES = {"100 tasks x 4000": (100, 4000), "1 task x 400000": (1, 400_000)}
 
 
 def cases() -> list[Case]:
-    """asyncio with all four monitors; uvloop (no Python Handle, no debug hooks) with two."""
+    """asyncio with all four monitors; uvloop (no Python Handle, no debug hooks) with
+    loopwatch only; both with the baselines."""
     found = []
     for shape in SHAPES:
-        for monitor in ("none", PENDING_TIMER, "loopwatch", LOOPWATCH_NO_CLOCK,
+        for monitor in ("none", *BASELINES, "loopwatch", LOOPWATCH_NO_CLOCK,
                         "asyncio debug", "aiodebug-style"):  # fmt: skip
             found.append(Case("asyncio", shape, monitor))
-        for monitor in ("none", "loopwatch"):
+        for monitor in ("none", *BASELINES, "loopwatch"):
             found.append(Case("uvloop", shape, monitor))
     return found
 
@@ -105,16 +118,34 @@ async def _switch(case: Case) -> tuple[float, float]:
     if case.monitor == "asyncio debug":
         asyncio.get_running_loop().set_debug(True)
         asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK
-    idle = asyncio.create_task(asyncio.sleep(3600)) if case.monitor == PENDING_TIMER else None
-    await asyncio.sleep(0.05)  # every monitor settled (heartbeat ticking)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(_switcher(times) for _ in range(tasks)))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    timer = case.monitor in (PENDING_TIMER, TIMER_AND_THREAD)
+    idle = asyncio.create_task(asyncio.sleep(3600)) if timer else None
+    with _idle_thread(case.monitor in (IDLE_THREAD, TIMER_AND_THREAD)):
+        await asyncio.sleep(0.05)  # every monitor settled (heartbeat ticking)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(_switcher(times) for _ in range(tasks)))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if watcher is not None:
         watcher.stop()
     if idle is not None:
         idle.cancel()
     return elapsed, cpu
+
+
+@contextmanager
+def _idle_thread(wanted: bool) -> Iterator[None]:
+    """One more thread, blocked until the block ends (none if not ``wanted``)."""
+    if not wanted:
+        yield
+        return
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, name="idle")
+    thread.start()
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()
 
 
 def measure(case: Case) -> tuple[float, float]:
@@ -352,6 +383,15 @@ def summarize(raw: dict[str, object]) -> list[dict[str, object]]:
         # Rounds run every case once, in shuffled order: a case and no monitor pair up.
         paired = [a / b for a, b in zip(cpu[case.key], cpu[base_key], strict=False)]
         low, high = median_interval(paired)
+        against = Case(case.loop, case.shape, TIMER_AND_THREAD).key
+        row_extra: dict[str, object] = {}
+        if case.monitor == "loopwatch" and against in cpu:
+            paired_baseline = [a / b for a, b in zip(cpu[case.key], cpu[against], strict=False)]
+            b_low, b_high = median_interval(paired_baseline)
+            row_extra = {
+                "cpu_vs_baseline": statistics.median(paired_baseline) - 1,
+                "cpu_vs_baseline_interval": (b_low - 1, b_high - 1),
+            }
         rows.append(
             {
                 "loop": case.loop,
@@ -368,6 +408,7 @@ def summarize(raw: dict[str, object]) -> list[dict[str, object]]:
                 "cpu_overhead": cpu_med / statistics.median(cpu[base_key]) - 1,
                 "cpu_paired_overhead": statistics.median(paired) - 1,
                 "cpu_paired_interval": (low - 1, high - 1),
+                **row_extra,
             }
         )
     return rows
