@@ -381,17 +381,12 @@ def summarize(raw: dict[str, object]) -> list[dict[str, object]]:
         med = statistics.median(values)
         cpu_med = statistics.median(cpu[case.key])
         # Rounds run every case once, in shuffled order: a case and no monitor pair up.
-        paired = [a / b for a, b in zip(cpu[case.key], cpu[base_key], strict=False)]
-        low, high = median_interval(paired)
+        paired, interval = _paired_change(cpu[case.key], cpu[base_key])
         against = Case(case.loop, case.shape, TIMER_AND_THREAD).key
         row_extra: dict[str, object] = {}
         if case.monitor == "loopwatch" and against in cpu:
-            paired_baseline = [a / b for a, b in zip(cpu[case.key], cpu[against], strict=False)]
-            b_low, b_high = median_interval(paired_baseline)
-            row_extra = {
-                "cpu_vs_baseline": statistics.median(paired_baseline) - 1,
-                "cpu_vs_baseline_interval": (b_low - 1, b_high - 1),
-            }
+            change, change_interval = _paired_change(cpu[case.key], cpu[against])
+            row_extra = {"cpu_vs_baseline": change, "cpu_vs_baseline_interval": change_interval}
         rows.append(
             {
                 "loop": case.loop,
@@ -406,12 +401,20 @@ def summarize(raw: dict[str, object]) -> list[dict[str, object]]:
                 "runs": len(values),
                 "cpu_median_s": cpu_med,
                 "cpu_overhead": cpu_med / statistics.median(cpu[base_key]) - 1,
-                "cpu_paired_overhead": statistics.median(paired) - 1,
-                "cpu_paired_interval": (low - 1, high - 1),
+                "cpu_paired_overhead": paired,
+                "cpu_paired_interval": interval,
                 **row_extra,
             }
         )
     return rows
+
+
+def _paired_change(values: list[float], base: list[float]) -> tuple[float, tuple[float, float]]:
+    """The change of ``values`` against ``base``, run for run (every round runs each case
+    once): the median of the per-round ratios minus one, and its 95 % interval."""
+    ratios = [a / b for a, b in zip(values, base, strict=False)]
+    low, high = median_interval(ratios)
+    return statistics.median(ratios) - 1, (low - 1, high - 1)
 
 
 def run(quick: bool) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt
 
 from .accuracy import THRESHOLD, CaseResult, case_results, tolerance
 from .common import median_interval
+from .micro import IDLE_THREAD, LOOPWATCH_NO_CLOCK, PENDING_TIMER, SHAPES, TIMER_AND_THREAD
 
 Results = dict[str, Any]
 
@@ -670,10 +672,10 @@ def findings(results: Results) -> list[str]:
                 "(docs/design.md, *Per-request work*)."
             )
         rows = {(r["loop"], r["shape"], r["monitor"]): r for r in results["micro"]["rows"]}
-        for loop, shape in [(loop, shape) for shape in SHAPE_NAMES for loop in LOOP_NAMES]:
+        for shape, loop in itertools.product(SHAPES, LOOP_NAMES):
             full = rows.get((loop, shape, "loopwatch"))
-            thread = rows.get((loop, shape, "none, one idle thread"))
-            both = rows.get((loop, shape, "none, one timer and one idle thread"))
+            thread = rows.get((loop, shape, IDLE_THREAD))
+            both = rows.get((loop, shape, TIMER_AND_THREAD))
             if not (full and thread and both):
                 continue
             text = (
@@ -683,8 +685,8 @@ def findings(results: Results) -> list[str]:
                 f"{_pct(both['cpu_overhead'])}, and loopwatch against that: "
                 f"{_pct(full['cpu_vs_baseline'])}"
             )
-            timer = rows.get((loop, shape, "none, one timer pending"))
-            bare = rows.get((loop, shape, "loopwatch, measure_utilization=False"))
+            timer = rows.get((loop, shape, PENDING_TIMER))
+            bare = rows.get((loop, shape, LOOPWATCH_NO_CLOCK))
             notes = [f"one idle timer alone: {_pct(timer['cpu_overhead'])}"] if timer else []
             if bare:
                 notes.append(f"`measure_utilization=False`: {_pct(bare['cpu_overhead'])}")
@@ -745,7 +747,6 @@ def findings(results: Results) -> list[str]:
     return ["", "## Findings", "", *[f"- {item}" for item in items]]
 
 
-SHAPE_NAMES = ("100 tasks x 4000", "1 task x 400000")
 LOOP_NAMES = ("asyncio", "uvloop")
 
 
