@@ -15,7 +15,6 @@ ticks :data:`IDLE_STRETCH` times less often for as long as the loop stays idle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import sys
@@ -126,13 +125,37 @@ class Heartbeat:
         self._running = True
         self.loop.call_soon_threadsafe(self._first_tick, context=self._context)
 
-    def stop(self) -> None:
-        """Stop rescheduling; safe to call from any thread."""
+    def stop(self, *, record_pending: bool = True) -> None:
+        """Stop rescheduling and hand the ticks of the unfinished batch to the recorder
+        (unless ``record_pending`` is false); safe to call from any thread. From another
+        thread, this happens on the loop, if it still runs."""
         self._running = False
-        handle = self._handle
-        if handle is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                self.loop.call_soon_threadsafe(handle.cancel)
+        if not record_pending:
+            self._unrecorded = []
+        if threading.get_ident() == self.thread_id:
+            self._context.run(self._finish)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._finish, context=self._context)
+        except RuntimeError:  # the loop is closed: no tick can run any more
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        unrecorded, self._unrecorded = self._unrecorded, []
+        if unrecorded:
+            self._record_batch(unrecorded)
+
+    def _record_batch(self, ticks: list[Tick]) -> None:
+        record = self._record
+        if record is None:
+            return
+        try:
+            record(ticks)
+        except Exception:  # never let metrics stop the heartbeat
+            self._record = None
+            logger.exception("loopwatch stopped recording loop delay metrics")
 
     def _first_tick(self) -> None:
         if not self._running:
@@ -174,14 +197,9 @@ class Heartbeat:
                 self._rearm_due = now + self._rearm_spacing
             self._due = now + interval
             self._handle = self.loop.call_later(interval, self._tick, context=self._context)
-        record = self._record
-        if record is not None:
+        if self._record is not None:
             unrecorded = self._unrecorded
             unrecorded.append(tick)
             if len(unrecorded) >= RECORD_BATCH:
                 self._unrecorded = []
-                try:
-                    record(unrecorded)
-                except Exception:  # never let metrics stop the heartbeat
-                    self._record = None
-                    logger.exception("loopwatch stopped recording loop delay metrics")
+                self._record_batch(unrecorded)

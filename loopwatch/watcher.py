@@ -122,7 +122,7 @@ class LoopWatch:
         """Forget the watchdog after ``fork()``: its thread does not exist in the child."""
         parts, self._parts = self._parts, None
         if parts is not None:
-            parts.heartbeat.stop()
+            parts.heartbeat.stop(record_pending=False)  # the parent's ticks
             if parts.deadman is not None:
                 parts.deadman.close()
 

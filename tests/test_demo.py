@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -57,6 +57,17 @@ def test_demo_needs_a_source_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert "runs from a source checkout" in output.getvalue()
 
 
+def fastest_of_three(work: Callable[[], object]) -> float:
+    """Seconds ``work`` takes here, timed as the calibration times it: other threads and
+    processes can only make a run slower."""
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        work()
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
 def test_demo_work_is_sized_by_the_variable_else_by_time() -> None:
     """``$DEMO_CPU_ITERATIONS`` wins; without it the article's work, made long enough to
     stall the loop at 1.5 x the threshold on a faster machine."""
@@ -64,9 +75,7 @@ def test_demo_work_is_sized_by_the_variable_else_by_time() -> None:
 
     assert demo_iterations({"DEMO_CPU_ITERATIONS": "1234"}) == 1234
     lasting = iterations_lasting(0.3, cpu_heavy_blocking_work)
-    started = time.perf_counter()
-    cpu_heavy_blocking_work(lasting)
-    assert 0.2 <= time.perf_counter() - started <= 0.6
+    assert 0.2 <= fastest_of_three(lambda: cpu_heavy_blocking_work(lasting)) <= 0.6
     iterations = demo_iterations({})
     assert iterations >= CPU_ITERATIONS
     started = time.perf_counter()

@@ -158,3 +158,53 @@ def test_a_failing_recorder_is_turned_off_and_the_heartbeat_goes_on(
         run(scenario)
     assert calls == [RECORD_BATCH]
     assert "loopwatch stopped recording loop delay metrics" in caplog.text
+
+
+@pytest.mark.parametrize("stopped_from", ["loop thread", "another thread"])
+def test_stopping_records_the_ticks_of_the_unfinished_batch(run: Run, stopped_from: str) -> None:
+    """A watcher stopped right after a stall still reports its delay: the ticks that did not
+    fill a batch reach the recorder when the heartbeat stops (on the loop, in either case)."""
+    batches: list[tuple[list[int], int | None]] = []
+
+    def record(ticks: Sequence[Tick]) -> None:
+        batches.append(([tick.number for tick in ticks], threading.get_ident()))
+
+    async def scenario() -> int:
+        heartbeat = Heartbeat(asyncio.get_running_loop(), 0.001, threading.Event(), record)
+        await tick_until(heartbeat, RECORD_BATCH + 3)
+        if stopped_from == "loop thread":
+            heartbeat.stop()
+        else:
+            stopper = threading.Thread(target=heartbeat.stop)
+            stopper.start()
+            stopper.join()
+            await asyncio.sleep(0.05)  # the loop runs what the stopping thread handed it
+        last = heartbeat.ticks[-1].number
+        await asyncio.sleep(0.05)
+        assert heartbeat.ticks[-1].number == last, "no tick after stop()"
+        return last
+
+    last = run(scenario)
+    loop_thread = threading.get_ident()
+    assert batches == [
+        (list(range(1, RECORD_BATCH + 1)), loop_thread),
+        (list(range(RECORD_BATCH + 1, last + 1)), loop_thread),
+    ]
+
+
+def test_a_stall_just_before_stop_reaches_the_delay_histogram(
+    run: Run, telemetry: Telemetry
+) -> None:
+    """The first batch of ticks is not full yet when the watcher stops: the stall's tick is
+    recorded anyway."""
+
+    async def scenario() -> None:
+        async with loopwatch.LoopWatch(THRESHOLD, meter_provider=telemetry.meter_provider):
+            await asyncio.sleep(0.02)
+            workloads.nap(3 * THRESHOLD)
+            await asyncio.sleep(0.01)  # the late tick runs
+
+    run(scenario)
+    (delay,) = telemetry.metrics()["asyncio.eventloop.delay"]
+    assert delay.count < RECORD_BATCH, "the test stops the watcher before a batch fills"
+    assert delay.max >= 2.5 * THRESHOLD
