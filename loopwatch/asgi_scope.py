@@ -1,10 +1,9 @@
 """Requests found by their ASGI scope, from the watchdog thread.
 
-:class:`~loopwatch.middleware.LoopWatchMiddleware` keeps no state for a request that has
-no span to mark: such a request is found when a stall happens instead, by the ``scope``
-that every ASGI layer serving it holds as a local variable, in the stalled stack (the
-culprit) or in the suspended coroutine chains of the tasks waiting on the loop (the
-victims). Only frames whose code has a variable named ``scope`` are looked into.
+A request is found when a stall happens, by the ``scope`` that every ASGI layer serving
+it holds as a local variable, in the stalled stack (the culprit) or in the suspended
+coroutine chains of the tasks waiting on the loop (the victims). Only frames whose code
+has a variable named ``scope`` are looked into.
 """
 
 from __future__ import annotations
@@ -26,51 +25,63 @@ MAX_TASKS = 2000
 takes from the stalled loop thread) on a loop with very many tasks."""
 
 
-def http_scope_in_stack(thread_id: int) -> Mapping[str, Any] | None:
-    """The innermost HTTP scope among the frames of ``thread_id``'s stack: the one the
-    router has matched a route in, if any."""
+Scopes = list[Mapping[str, Any]]
+"""The HTTP scopes held along one stack or chain: layers may pass a request's scope on,
+or a copy of it, and routers add the matched route to the one they hand down."""
+
+
+def http_scopes_in_stack(thread_id: int) -> Scopes:
+    """The HTTP scopes among the frames of ``thread_id``'s stack, innermost first (the
+    first is the one the router has matched a route in, if any)."""
+    scopes: Scopes = []
     frame: FrameType | None = sys._current_frames().get(thread_id)
     for _ in range(MAX_DEPTH):
         if frame is None:
-            return None
-        scope = _http_scope_of(frame)
-        if scope is not None:
-            return scope
+            break
+        _add_http_scope(frame, scopes)
         frame = frame.f_back
-    return None
+    return scopes
 
 
 def tasks_serving_http(
     loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[Any]]
-) -> list[asyncio.Task[Any]]:
-    """One task per distinct HTTP scope served by ``tasks`` (at most :data:`MAX_TASKS` of
-    them), except the task running on ``loop``: the requests a stall holds up."""
+) -> list[tuple[asyncio.Task[Any], Scopes]]:
+    """One task per request served by ``tasks`` (at most :data:`MAX_TASKS` of them), told
+    apart by the outermost HTTP scope along their chains of awaited coroutines, with the
+    HTTP scopes along the chain, outermost first; the task running on ``loop`` is left
+    out. These are the requests a stall holds up."""
     try:
         running = asyncio.current_task(loop)
     except RuntimeError:
         running = None
-    found: dict[int, asyncio.Task[Any]] = {}
+    found: dict[int, tuple[asyncio.Task[Any], Scopes]] = {}
     for task in tasks[:MAX_TASKS]:
         if task is running:
             continue
         get_coro = getattr(task, "get_coro", None)  # a Task from a custom task factory
-        scope = _http_scope_in_chain(get_coro()) if get_coro is not None else None
-        if scope is not None:
-            found.setdefault(id(scope), task)  # one request, several tasks: counted once
+        scopes = _http_scopes_in_chain(get_coro()) if get_coro is not None else []
+        if scopes:
+            found.setdefault(id(scopes[0]), (task, scopes))  # one request, several tasks
     return list(found.values())
 
 
-def _http_scope_in_chain(awaitable: Any) -> Mapping[str, Any] | None:
-    """The outermost HTTP scope along a task's chain of awaited coroutines."""
+def _http_scopes_in_chain(awaitable: Any) -> Scopes:
+    """The HTTP scopes along a task's chain of awaited coroutines, outermost first."""
+    scopes: Scopes = []
     for _ in range(MAX_DEPTH):
         frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
         if frame is None:
-            return None
-        scope = _http_scope_of(frame)
-        if scope is not None:
-            return scope
+            break
+        _add_http_scope(frame, scopes)
         awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
-    return None
+    return scopes
+
+
+def _add_http_scope(frame: FrameType, scopes: Scopes) -> None:
+    """Add the HTTP scope ``frame`` holds, if any and not the last one added."""
+    scope = _http_scope_of(frame)
+    if scope is not None and (not scopes or scopes[-1] is not scope):
+        scopes.append(scope)
 
 
 def _http_scope_of(frame: FrameType) -> Mapping[str, Any] | None:

@@ -1,86 +1,72 @@
 """Requests in flight on a loop, so a stall can name its culprit request and its victims.
 
-For a request with a recording span, the middleware puts a :class:`Request` in a context
-variable for the time it is served (so that a stall's share can be put on the span before
-it ends); a request without one gets nothing. Nothing keeps a list: the watchdog thread
-finds the requests when a stall happens, the culprit in the stalled task's context (else
-by its ASGI scope in the stalled stack), the victims in the contexts (else the coroutine
-chains) of the tasks waiting on the loop.
+For a request with a recording span, the middleware keeps a :class:`Request` in the
+request's ASGI scope while it serves it (so that a stall's share can be put on the span
+before it ends); a request without one gets nothing. Nothing keeps a list: the watchdog
+thread finds the requests by their scopes when a stall happens (see :mod:`.asgi_scope`),
+the culprit in the stalled stack, the victims in the coroutine chains of the tasks
+waiting on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from time import monotonic
 from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry import trace
 
-from .asgi_scope import http_scope_in_stack, tasks_serving_http
+from .asgi_scope import Scopes, http_scopes_in_stack, tasks_serving_http
 from .task_context import current_span_in, task_context
 
-CURRENT_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
-    "loopwatch_request", default=None
-)
-"""The request a task serves; tasks it spawns inherit it. Such tasks may outlive the
-request: it then keeps only its description and span alive, not its scope (see
-:meth:`Request.finish`)."""
+REQUEST_KEY = "loopwatch.request"
+"""The ASGI scope key of the :class:`Request` of a traced request, while it is served.
+A layer that copies the scope copies it too, and the middleware of a mounted app that
+finds it leaves the request to the outer one."""
 
 
 class Request:
-    """One HTTP request being served. ``started`` and ``ended`` are ``time.monotonic()``
-    readings; ``span`` is the request's recording span, if any.
+    """One traced HTTP request being served. ``started`` and ``ended`` are
+    ``time.monotonic()`` readings (``ended`` is set only if a stall was open when the
+    request ended); ``span`` is the request's recording span.
 
     ``stall_delays`` maps each stall that held the request up (by number) to how long it
     did; the watchdog and the request's own ending may both settle a stall, and the
     first to do so wins (``dict.setdefault`` is atomic).
 
-    The ASGI scope is held only while the request is in flight: a finished request keeps
-    its method and matched route, not the scope and everything it references. Contexts
-    captured during the request (timer handles, future callbacks) keep the request alive
-    after it ends; with its scope, under uvicorn, that made 4 times the garbage
-    collections and p99 latency went from 7 to 14-25 ms (hello app, wrk).
+    ``method`` and ``route`` are copied from the scope by the watchdog when it finds the
+    request there. The request does not reference its scope, and the middleware takes it
+    out of the scope when the request ends: nothing keeps it alive after that but what
+    keeps its span alive.
     """
 
-    __slots__ = ("_method", "_route", "ended", "scope", "span", "stall_delays", "started")
+    __slots__ = ("ended", "method", "route", "span", "stall_delays", "started")
 
-    def __init__(self, scope: MutableMapping[str, Any], span: trace.Span | None) -> None:
-        self.scope: MutableMapping[str, Any] | None = scope
+    def __init__(self, span: trace.Span) -> None:
         self.span = span
         self.started = monotonic()
         self.ended: float | None = None
         self.stall_delays: dict[int, float] | None = None
-        self._method: object = None
-        self._route: object = None
+        self.method = ""
+        self.route: str | None = None
 
-    @property
-    def method(self) -> str:
-        scope = self.scope
-        method = scope.get("method") if scope is not None else self._method
-        return str(method or "")
-
-    @property
-    def route(self) -> str | None:
-        """The route template (``/items/{item_id}``) once the router has matched it."""
-        scope = self.scope
-        return route_template(scope.get("route") if scope is not None else self._route)
+    def described_by(self, scope: Mapping[str, Any]) -> Request:
+        """This request, with its method and route template copied from ``scope``."""
+        self.method = str(scope.get("method") or "")
+        self.route = route_template(scope.get("route"))
+        return self
 
     @property
     def delayed_by(self) -> float:
         """Seconds this request was held up by stalls it did not cause."""
         return sum(self.stall_delays.values()) if self.stall_delays else 0.0
 
-    def finish(self, open_stall: OpenStall | None) -> None:
-        """The request is done (on the loop thread). A stall the watchdog has not reported
-        yet is settled now, while the request's span is still open."""
+    def finish(self, open_stall: OpenStall) -> None:
+        """The request ends while a stall is open (on the loop thread): the stall is
+        settled now, while the request's span is still open, unless the request caused it."""
         self.ended = now = monotonic()
-        scope = self.scope
-        if scope is not None:  # keep what describes it, not the scope (see the class)
-            self._method, self._route = scope.get("method"), scope.get("route")
-            self.scope = None  # after the copies: a reader on another thread sees either
-        if open_stall is not None and open_stall.culprit is not self:
+        if open_stall.culprit is not self:
             self.settle(open_stall.number, open_stall.start, now)
 
     def settle(self, stall: int, start: float, until: float) -> None:
@@ -90,8 +76,17 @@ class Request:
             self.stall_delays = {}
         self.stall_delays.setdefault(stall, max(0.0, until - max(start, self.started)))
         span = self.span
-        if span is not None and span.is_recording():
+        if span.is_recording():
             span.set_attribute("loopwatch.delayed_by", self.delayed_by)
+
+    def __copy__(self) -> Request:
+        return self  # a copy of the scope serves the same request
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Request:
+        return self
+
+    def __repr__(self) -> str:
+        return f"<loopwatch.Request {self.method or '?'} {self.route or '?'}>"
 
 
 def route_template(route: object) -> str | None:
@@ -146,19 +141,25 @@ class InflightRequests:
         self.open_stall: OpenStall | None = None
 
 
-def request_in(context: contextvars.Context | None) -> Request | None:
-    """The request whose task runs in ``context`` (a task's context, read off-loop)."""
-    return context.get(CURRENT_REQUEST) if context is not None else None
+def kept_request(scopes: Scopes) -> Request | None:
+    """The request the middleware keeps in any of ``scopes`` (one request's)."""
+    for scope in scopes:
+        request = scope.get(REQUEST_KEY)
+        if isinstance(request, Request):
+            return request
+    return None
 
 
-def stalled_request(context: contextvars.Context | None, thread_id: int) -> AnyRequest | None:
-    """The request the stalled task serves: kept in its context, else found by its ASGI
-    scope in the stack of the loop thread ``thread_id`` (read off-loop, during the stall)."""
-    request = request_in(context)
-    if request is not None:
-        return request
-    scope = http_scope_in_stack(thread_id)
-    return RequestSummary.of(scope) if scope is not None else None
+def stalled_request(thread_id: int) -> AnyRequest | None:
+    """The request the stalled loop thread ``thread_id`` serves, found by the HTTP scopes
+    in its stack and described by the innermost (read off-loop, during the stall)."""
+    scopes = http_scopes_in_stack(thread_id)
+    if not scopes:
+        return None
+    request = kept_request(scopes)
+    if request is None:
+        return RequestSummary.of(scopes[0])
+    return request.described_by(scopes[0])
 
 
 def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> InFlight:
@@ -168,22 +169,22 @@ def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> InFlight:
     be read from other threads; if it cannot be read, no request is found.
     """
     try:
-        tasks = asyncio.all_tasks(loop)
+        tasks = list(asyncio.all_tasks(loop))
     except RuntimeError:
         return NOTHING_IN_FLIGHT
-    tracked: dict[int, Request] = {}  # several tasks may serve one request
-    others: list[asyncio.Task[Any]] = []
-    for task in tasks:
-        request = request_in(task_context(task))
+    tracked: dict[int, Request] = {}  # tasks with different scopes may serve one request
+    untracked = 0
+    spans: list[trace.Span] = []
+    for task, scopes in tasks_serving_http(loop, tasks):
+        request = kept_request(scopes)
         if request is None:
-            others.append(task)
+            untracked += 1
+            span = current_span_in(task_context(task))
+            if span is not None:
+                spans.append(span)
         elif request.ended is None:
             tracked[id(request)] = request
-    serving = tasks_serving_http(loop, others)
-    spans = [current_span_in(task_context(task)) for task in serving]
-    return InFlight(
-        list(tracked.values()), len(serving), [span for span in spans if span is not None]
-    )
+    return InFlight(list(tracked.values()), untracked, spans)
 
 
 def victims(

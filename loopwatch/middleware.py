@@ -2,9 +2,9 @@
 
 It starts the loop's watcher at lifespan start-up (or at the first request when the
 server runs without lifespan) and releases it at shutdown; several apps on one loop
-share one watcher. A traced HTTP request is marked in a context variable, so that a stall
-puts the time it held the request up on the request's span before the span ends; any
-other request is found by its ASGI scope when a stall happens (see :mod:`.asgi_scope`).
+share one watcher. A traced HTTP request gets a :class:`~.inflight.Request` in its ASGI
+scope, so that a stall puts the time it held the request up on the request's span before
+the span ends; a stall finds every request by its scope (see :mod:`.inflight`).
 Websocket scopes pass through untouched; nothing is added to responses.
 """
 
@@ -20,7 +20,7 @@ from opentelemetry import metrics, trace
 
 from . import registry
 from .config import resolve_config
-from .inflight import CURRENT_REQUEST, InflightRequests, Request
+from .inflight import REQUEST_KEY, InflightRequests, Request
 from .metrics_server import requested_server, start_metrics_server
 from .reporting.reporter import BlockHook
 from .task_context import OTEL_CONTEXT_VARIABLE, OTEL_SPAN_KEY
@@ -111,22 +111,20 @@ class LoopWatchMiddleware:
             watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
             if watcher is _NOT_STARTED:
                 watcher = await self._start_without_lifespan()
-        if span is None or watcher is None:
+        # A request already in the scope is an outer LoopWatchMiddleware's (a mounted app).
+        if span is None or watcher is None or REQUEST_KEY in scope:
             await self.app(scope, receive, send)
             return
-        outer = CURRENT_REQUEST.get()
-        if outer is not None and outer.ended is None:
-            await self._serve_nested(outer, scope, receive, send)
-            return
         inflight = watcher.inflight
-        request = Request(scope, span)
-        token = CURRENT_REQUEST.set(request)
+        request = Request(span)
+        scope[REQUEST_KEY] = request
         try:
             await self.app(scope, receive, _settle_before_completion(request, inflight, send))
         finally:
-            CURRENT_REQUEST.reset(token)
-            if request.ended is None:
-                request.finish(inflight.open_stall)
+            scope.pop(REQUEST_KEY, None)
+            open_stall = inflight.open_stall
+            if open_stall is not None and request.ended is None:
+                request.finish(open_stall)
 
     async def _serve_other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan (start and release the watcher) and websocket scopes (untouched)."""
@@ -146,20 +144,6 @@ class LoopWatchMiddleware:
         if watcher is not None:
             await asyncio.sleep(0)
         return watcher
-
-    async def _serve_nested(
-        self, outer: Request, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """A request an outer LoopWatchMiddleware already serves (a mounted sub-app): a
-        request of its own would count as a victim of its own stalls. The outer request
-        takes this app's scope (for the route)."""
-        saved_scope = outer.scope
-        outer.scope = scope
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            if outer.scope is scope:  # else the outer request ended: it let its scope go
-                outer.scope = saved_scope
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:

@@ -331,7 +331,7 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                stalled_request(task.context, thread_id),
+                stalled_request(thread_id),
             )
         )
 

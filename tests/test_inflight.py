@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import copy
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 
+from opentelemetry import trace
 from starlette.routing import Route
 
 from loopwatch.inflight import (
-    CURRENT_REQUEST,
+    REQUEST_KEY,
     AnyRequest,
     InFlight,
+    OpenStall,
     Request,
     RequestSummary,
     requests_waiting_on,
@@ -23,47 +25,50 @@ from loopwatch.inflight import (
 )
 
 Run = Callable[[Callable[[], Awaitable[Any]]], Any]
+NO_SPAN = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
 
 
 async def endpoint() -> None:
     """Never called: the route only gives its path template."""
 
 
-def test_a_finished_request_keeps_its_description_not_its_scope() -> None:
-    """The scope (and everything it references) is let go when the request ends; the
-    method and route template still describe it, and it still counts as in flight
-    during its lifetime."""
-    scope = {"type": "http", "method": "GET", "route": Route("/items/{item_id}", endpoint)}
-    request = Request(scope, None)
-    assert (request.method, request.route) == ("GET", "/items/{item_id}")
-    request.finish(None)
-    assert request.scope is None
+def tracked_scope(method: str) -> dict[str, Any]:
+    """The scope of a traced request, as the middleware leaves it while serving it."""
+    return {"type": "http", "method": method, REQUEST_KEY: Request(NO_SPAN)}
+
+
+def test_copies_of_a_scope_hold_the_same_request() -> None:
+    """Code that copies or deep-copies a scope gets the request itself, not a copy of it
+    (nor an error from copying its span)."""
+    scope = tracked_scope("GET")
+    assert copy.copy(scope)[REQUEST_KEY] is scope[REQUEST_KEY]
+    assert copy.deepcopy(scope)[REQUEST_KEY] is scope[REQUEST_KEY]
+    assert repr(scope[REQUEST_KEY]) == "<loopwatch.Request ? ?>"
+
+
+def test_a_request_is_a_victim_of_the_stalls_during_its_lifetime() -> None:
+    """A request that ends while a stall is open settles its share itself; it is a
+    victim of the stalls that overlap its lifetime, except of its own."""
+    request = Request(NO_SPAN)
+    other = Request(NO_SPAN)
+    request.finish(OpenStall(1, request.started, other))
     assert request.ended is not None
-    assert (request.method, request.route) == ("GET", "/items/{item_id}")
+    assert request.stall_delays == {1: request.ended - request.started}
     assert victims([request], request.started, request.ended, None) == [request]
     assert victims([request], request.ended + 1, request.ended + 2, None) == []
     assert victims([request], request.started, request.ended, request) == []
-
-
-def test_a_request_before_routing_has_no_route() -> None:
-    request = Request({"type": "http", "method": "POST"}, None)
-    request.finish(None)
-    assert (request.method, request.route) == ("POST", None)
+    own = Request(NO_SPAN)
+    own.finish(OpenStall(2, own.started, own))
+    assert own.stall_delays is None
 
 
 def test_requests_are_found_through_the_tasks_waiting_on_a_stalled_loop(run: Run) -> None:
-    """Read from another thread while the loop thread is stuck: one entry per unfinished
-    tracked request however many tasks serve it, none for tasks outside a request; the
-    requests kept by nothing are counted by their HTTP scope (once each, however many
-    tasks serve it), except the running task's."""
+    """Read from another thread while the loop thread is stuck, by the HTTP scopes in the
+    tasks' coroutine chains: one entry per unfinished tracked request however many tasks
+    (or copies of its scope) serve it, none for tasks outside a request; the requests with
+    nothing in their scope are counted (once each, however many tasks serve it), except
+    the running task's."""
     seen: Future[InFlight] = Future()
-
-    tasks: list[asyncio.Task[None]] = []
-
-    async def serve(request: Request, helpers: int) -> None:
-        CURRENT_REQUEST.set(request)
-        tasks.extend(asyncio.create_task(asyncio.sleep(1)) for _ in range(helpers))
-        await asyncio.sleep(1)
 
     async def asgi_layer(scope: dict[str, Any]) -> None:
         await inner_layer(scope)
@@ -71,27 +76,32 @@ def test_requests_are_found_through_the_tasks_waiting_on_a_stalled_loop(run: Run
     async def inner_layer(scope: dict[str, Any]) -> None:
         await asyncio.sleep(1)
 
-    async def scenario() -> tuple[Request, Request, Request]:
-        busy = Request({"type": "http", "method": "GET"}, None)
-        idle = Request({"type": "http", "method": "GET"}, None)
-        done = Request({"type": "http", "method": "GET"}, None)
-        done.finish(None)
+    async def server_layer(scope: dict[str, Any], app_scope: dict[str, Any]) -> None:
+        """A request kept only in the copy of the scope an inner layer got."""
+        await asgi_layer(app_scope)
+
+    async def scenario() -> tuple[AnyRequest, AnyRequest, AnyRequest]:
+        busy, idle, done = tracked_scope("GET"), tracked_scope("GET"), tracked_scope("GET")
+        done[REQUEST_KEY].ended = 0.0
         untracked = {"type": "http", "method": "GET"}
-        tasks.extend(
-            [
-                asyncio.create_task(serve(busy, helpers=3)),
-                asyncio.create_task(serve(idle, helpers=0)),
-                asyncio.create_task(serve(done, helpers=1)),
-                asyncio.create_task(asyncio.sleep(1)),
-                asyncio.create_task(asgi_layer(untracked)),
-                asyncio.create_task(asgi_layer(untracked)),  # a second task of one request
-                asyncio.create_task(asgi_layer({"type": "http", "method": "POST"})),
-                asyncio.create_task(asgi_layer({"type": "websocket"})),
-            ]
-        )
+        inner = tracked_scope("GET")
+        layers = [
+            busy,
+            busy,  # a second task of one request
+            {**busy, "route": Route("/items/{item_id}", endpoint)},  # a copy of its scope
+            idle,
+            done,
+            untracked,
+            untracked,
+            {"type": "http", "method": "POST"},
+            {"type": "websocket"},
+        ]
+        tasks = [asyncio.create_task(asgi_layer(scope)) for scope in layers]
+        tasks.append(asyncio.create_task(server_layer({"type": "http"}, inner)))
+        tasks.append(asyncio.create_task(asyncio.sleep(1)))
         await asyncio.sleep(0.05)  # every task waits now
         loop = asyncio.get_running_loop()
-        scope = {"type": "http", "method": "PUT"}  # the running task's: not a victim
+        scope = tracked_scope("PUT")  # the running task's: not a victim
         reader = threading.Thread(target=lambda: seen.set_result(requests_waiting_on(loop)))
         reader.start()
         reader.join()  # the loop thread is stuck here while the other thread reads
@@ -99,19 +109,19 @@ def test_requests_are_found_through_the_tasks_waiting_on_a_stalled_loop(run: Run
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        return busy, idle, done
+        return busy[REQUEST_KEY], idle[REQUEST_KEY], inner[REQUEST_KEY]
 
-    busy, idle, _ = run(scenario)
+    expected = run(scenario)
 
     found = seen.result(timeout=0)
-    assert sorted(map(id, found.tracked)) == sorted(map(id, [busy, idle]))
+    assert sorted(map(id, found.tracked)) == sorted(map(id, expected))
     assert found.untracked == 2
 
 
-def test_the_stalled_request_is_found_by_its_scope_when_none_was_kept() -> None:
-    """No request in the stalled task's context: the innermost HTTP scope in the stalled
-    thread's stack names it (method and route template, copied)."""
-    seen: Future[AnyRequest | None] = Future()
+def test_the_stalled_request_is_found_by_its_scope() -> None:
+    """The innermost HTTP scope in the stalled thread's stack names the request: the one
+    kept there, else a summary (method and route template, copied)."""
+    seen: list[AnyRequest | None] = []
     thread_id = threading.get_ident()
 
     def outer_layer(scope: dict[str, Any]) -> None:
@@ -119,14 +129,16 @@ def test_the_stalled_request_is_found_by_its_scope_when_none_was_kept() -> None:
         inner_layer(routed)
 
     def inner_layer(scope: dict[str, Any]) -> None:
-        reader = threading.Thread(target=lambda: seen.set_result(stalled_request(None, thread_id)))
+        reader = threading.Thread(target=lambda: seen.append(stalled_request(thread_id)))
         reader.start()
         reader.join()
 
     outer_layer({"type": "http", "method": "DELETE"})
-    assert seen.result(timeout=0) == RequestSummary("DELETE", "/items/{item_id}")
-    context = contextvars.copy_context()
-    request = Request({"type": "http", "method": "GET"}, None)
-    context.run(CURRENT_REQUEST.set, request)
-    assert stalled_request(context, thread_id) is request
-    assert stalled_request(None, thread_id) is None  # no HTTP scope in this stack
+    assert seen.pop() == RequestSummary("DELETE", "/items/{item_id}")
+    traced = tracked_scope("GET")
+    outer_layer(traced)
+    request = seen.pop()
+    assert request is traced[REQUEST_KEY]
+    assert isinstance(request, Request)
+    assert (request.method, request.route) == ("GET", "/items/{item_id}")
+    assert stalled_request(thread_id) is None  # no HTTP scope in this stack

@@ -80,7 +80,7 @@ class Reporter(StallListener):
                 log_stall(description, ongoing=False, dropped_reports=decision[1])
         allowed, dropped = decision
         if allowed:
-            delayed_spans = [victim.span for victim in delayed if victim.span is not None]
+            delayed_spans = [victim.span for victim in delayed]
             delayed_spans += in_flight.untracked_spans
             self._spans.emit(description, stall.span, stall.start, end, delayed_spans, dropped)
         self._call_hook(description.event)

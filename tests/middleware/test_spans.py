@@ -8,14 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-from .apps.inprocess import Instrument, Probe, build_raw, build_starlette, culprit_name
+from loopwatch import LoopWatchMiddleware
+from loopwatch.inflight import REQUEST_KEY, Request
+
+from .apps.inprocess import (
+    Instrument,
+    Probe,
+    Receive,
+    Scope,
+    Send,
+    build_raw,
+    build_starlette,
+    culprit_name,
+    loopwatch_options,
+    raw_app,
+)
 from .conftest import SPAN_WAIT_S, Otel, watchdog_threads
 from .server import HTTP_TIMEOUT_S, serve_in_thread, wait_until
 
@@ -287,6 +303,38 @@ def test_raw_asgi_app(loop_name: str, traced: bool, otel: Otel) -> None:
         assert blocked.parent is None
     [point] = otel.metric_points(BLOCK_DURATION, **{"http.request.method": "GET"})
     assert dict(point.attributes) == {"loopwatch.cause": "blocking", "http.request.method": "GET"}
+
+
+def test_a_traced_request_is_kept_in_its_scope_only_while_served(
+    loop_name: str, otel: Otel
+) -> None:
+    """The middleware keeps a traced request in its ASGI scope, where a stall finds it,
+    with the request's server span, and takes it out when the request ends."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen["kept"] = scope.get(REQUEST_KEY)
+        await raw_app(scope, receive, send)
+
+    traced = OpenTelemetryMiddleware(
+        LoopWatchMiddleware(app, **loopwatch_options(otel.providers)),
+        tracer_provider=otel.providers.tracer_provider,
+    )
+
+    async def server_side(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen["scope"] = scope
+        await traced(scope, receive, send)
+
+    with serve_in_thread(server_side, loop=loop_name) as server:
+        assert get(f"{server.url}/").text == "ok"
+        wait_until(lambda: any(map(is_server, otel.spans())), SPAN_WAIT_S, "server span")
+    [span] = [span for span in otel.spans() if is_server(span)]
+    kept = seen["kept"]
+    assert isinstance(kept, Request)
+    assert kept.span.get_span_context() == span.context
+    assert REQUEST_KEY not in seen["scope"]
 
 
 def test_victims_that_finish_right_after_the_stall(
