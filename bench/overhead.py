@@ -255,8 +255,9 @@ def alternate(group: Group, kind: str, servers: int, seconds: float) -> dict[str
     ratios: list[list[float]] = []  # per server
     cpu: dict[str, list[float]] = {alternating.OFF: [], kind: []}
     stalls = 0
-    for _ in range(servers):
+    for number in range(servers):
         target = "bench.alternating:alternating_app"
+        env[alternating.OTHER_FIRST] = str(number % 2)
         with uvicorn_server(target, group.loop, env, group.ready_path) as server:
             url = server.url(group.path)
             run_wrk(url, 1.0, group.connections)  # warm-up, not measured

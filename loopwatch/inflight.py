@@ -36,9 +36,9 @@ class Request:
     first to do so wins (``dict.setdefault`` is atomic).
 
     ``method`` and ``route`` are copied from the scope by the watchdog when it finds the
-    request there. The request does not reference its scope, and the middleware takes it
-    out of the scope when the request ends: nothing keeps it alive after that but what
-    keeps its span alive.
+    request there. The request does not reference its scope (which would keep the scope
+    alive as long as the request), and the middleware takes it out of the scope when the
+    request ends.
     """
 
     __slots__ = ("ended", "method", "route", "span", "stall_delays", "started")
