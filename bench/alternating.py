@@ -207,7 +207,9 @@ def alternating_app() -> Alternator:
 
 
 OTHER_FIRST = "BENCH_OTHER_FIRST"
-"""Two apps built in one process differ by the order they were built in: with
-FastAPIInstrumentor, the same app built twice read the second one 1-2 % slower (hello
-app; 95 % intervals up to +7 %). The harness builds the other app first in every other
-server, so that the order cancels out."""
+"""Two apps built in one process might differ by the order they were built in. With
+FastAPIInstrumentor the same app built twice read +1 to +2 % (hello app, 95 % intervals
+up to +7 %); 10 servers of that A/A on 2026-12-03 read -1.0 % (median) where the plain
+app was built first and -1.4 % where it was built second, each server between -5 % and
++5 %: no order effect resolved, the servers differ. The harness still builds the other
+app first in every other server, so that an order effect could not bias a result."""
