@@ -53,8 +53,7 @@ class Request:
 
     def described_by(self, scope: Mapping[str, Any]) -> Request:
         """This request, with its method and route template copied from ``scope``."""
-        self.method = str(scope.get("method") or "")
-        self.route = route_template(scope.get("route"))
+        self.method, self.route = RequestSummary.of(scope)
         return self
 
     @property

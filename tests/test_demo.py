@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,7 +16,12 @@ import pytest
 from rich.console import Console
 
 from loopwatch.demo import run_demo, source
-from loopwatch.demo.calibration import SHORTEST_DEMO_STALL, demo_iterations, iterations_lasting
+from loopwatch.demo.calibration import (
+    SHORTEST_DEMO_STALL,
+    cpu_seconds,
+    demo_iterations,
+    iterations_lasting,
+)
 from loopwatch.demo.runner import run_mode
 from loopwatch.demo.stats import quantile
 
@@ -55,17 +60,6 @@ def test_demo_needs_a_source_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path:
     output = io.StringIO()
     assert run_demo(console=Console(file=output, width=200)) == 2
     assert "runs from a source checkout" in output.getvalue()
-
-
-def cpu_seconds(work: Callable[[], object]) -> float:
-    """This thread's CPU time in ``work``, the fastest of three runs, as the calibration
-    measures it: other threads and processes do not count."""
-    timings = []
-    for _ in range(3):
-        started = time.thread_time()
-        work()
-        timings.append(time.thread_time() - started)
-    return min(timings)
 
 
 def test_demo_work_is_sized_by_the_variable_else_by_time() -> None:

@@ -17,16 +17,22 @@ SHORTEST_DEMO_STALL = 0.15
 SAMPLE_ITERATIONS = 1_000_000
 
 
-def iterations_lasting(seconds: float, work: Callable[[int], object]) -> int:
-    """How many iterations of ``work`` take about ``seconds`` of this thread's CPU time
-    (from the fastest of three timed runs of :data:`SAMPLE_ITERATIONS`): other threads
-    and processes then make the work last longer, never shorter."""
+def cpu_seconds(work: Callable[[], object]) -> float:
+    """This thread's CPU time in ``work``, the fastest of three runs: other threads and
+    processes do not count."""
     fastest = float("inf")
     for _ in range(3):
         started = time.thread_time()
-        work(SAMPLE_ITERATIONS)
+        work()
         fastest = min(fastest, time.thread_time() - started)
-    return round(SAMPLE_ITERATIONS * seconds / fastest)
+    return fastest
+
+
+def iterations_lasting(seconds: float, work: Callable[[int], object]) -> int:
+    """How many iterations of ``work`` take about ``seconds`` of this thread's CPU time
+    (from :func:`cpu_seconds` of :data:`SAMPLE_ITERATIONS`): other threads and processes
+    then make the work last longer, never shorter."""
+    return round(SAMPLE_ITERATIONS * seconds / cpu_seconds(lambda: work(SAMPLE_ITERATIONS)))
 
 
 def demo_iterations(environ: Mapping[str, str]) -> int:
