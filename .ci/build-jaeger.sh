@@ -6,13 +6,14 @@
 # builds through a wrapper module instead of `go install ...@<commit>`.
 set -euo pipefail
 
-# Pinned release: Jaeger v2.13.0, whose Go module tag is v1.76.0 (same commit).
-JAEGER_VERSION="v2.13.0"
-JAEGER_MODULE_VERSION="v1.76.0"
-JAEGER_COMMIT="63b27e1810a710ac54dc4522da0538e540bdc545"
-JAEGER_COMMIT_DATE="2025-12-03T16:07:08Z"
+# Pinned release: Jaeger v2.12.0, whose Go module tag is v1.75.0 (same commit). The
+# workplace's package list approves v1.75.0; v1.76.0 is served but not approved.
+JAEGER_VERSION="v2.12.0"
+JAEGER_MODULE_VERSION="v1.75.0"
+JAEGER_COMMIT="1c5531b15d6a90c91a5a6cec94171ccc18ebd3ca"
+JAEGER_COMMIT_DATE="2025-11-13T16:44:30Z"
 # go.sum hash of the module zip (checked against the checksum database by `go`, too).
-JAEGER_MODULE_SUM="h1:sWCOOF1dr+NL0PLil7mFo3BqqQL8k4WiM7aguFbc14g="
+JAEGER_MODULE_SUM="h1:OWj6uKRJ8QaH+AVypRwqINGi3Q/WOchbEfp53FJK0Xk="
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin_dir="${JAEGER_BIN_DIR:-$repo_root/.cache/bin}"
@@ -47,7 +48,7 @@ GOMOD
       exit 1
     fi
     # Same dependency versions as the release: jaeger's go.mod lists its whole graph.
-    if ! go get "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_MODULE_VERSION" \
+    if ! go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_MODULE_VERSION" \
       2>go-get.log; then
       cat go-get.log >&2
       exit 1
