@@ -730,16 +730,12 @@ def findings(results: Results) -> list[str]:
                 text += f" {len(none)} named no culprit (no sample before the stall ended)."
             items.append(text)
     lines = _stall_lines(results)
-    outer = [line for line in lines if "culprit=click." in line or "culprit=__main__" in line]
     if lines:
+        causes = Counter(line.split("cause=")[1].split()[0] for line in lines)
+        by_cause = ", ".join(f"{n} {cause}" for cause, n in causes.most_common())
         items.append(
             f"{len(lines)} stalls were reported while no app blocked its loop on purpose "
-            f"(load tests and memory run), {len(outer)} of them naming a frame outside the "
-            "event loop as culprit (`click.core.Context.invoke`: uvicorn's command line "
-            "entry point): when sampled, the loop thread ran only code of skipped modules "
-            "(asyncio, uvicorn, starlette, ...), and the culprit finder fell through to the "
-            "outermost frame, one that encloses the running loop and so can never be the "
-            "culprit. In the same runs the "
+            f"(load tests and memory run), by cause: {by_cause}. In the same runs the "
             f"independent probe saw {_probe_lags(results)} loop lags of 70 ms or more."
         )
     if not items:
