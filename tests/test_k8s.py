@@ -31,60 +31,33 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
-try:  # tests/ is a package (tests/__init__.py)
-    from .k8s_checks import (
-        K8S_DIR,
-        REPO,
-        Manifest,
-        command_of,
-        config_map_data,
-        container_env,
-        dashboard_expressions,
-        dashboard_legends,
-        dashboard_links,
-        dockerignore_patterns,
-        dockerignored,
-        env_of,
-        final_stage,
-        healthcheck_command,
-        is_pinned_image,
-        load_dashboard,
-        load_manifests,
-        option,
-        parse_dockerfile,
-        pod_spec,
-        promql_refs,
-        template_labels,
-        validate_strict,
-    )
-except ImportError:  # tests/ itself is on sys.path
-    from k8s_checks import (
-        K8S_DIR,
-        REPO,
-        Manifest,
-        command_of,
-        config_map_data,
-        container_env,
-        dashboard_expressions,
-        dashboard_legends,
-        dashboard_links,
-        dockerignore_patterns,
-        dockerignored,
-        env_of,
-        final_stage,
-        healthcheck_command,
-        is_pinned_image,
-        load_dashboard,
-        load_manifests,
-        option,
-        parse_dockerfile,
-        pod_spec,
-        promql_refs,
-        template_labels,
-        validate_strict,
-    )
 from prometheus_client.parser import text_string_to_metric_families
+
+from .k8s_checks import (
+    K8S_DIR,
+    REPO,
+    Manifest,
+    command_of,
+    config_map_data,
+    container_env,
+    dashboard_expressions,
+    dashboard_legends,
+    dashboard_links,
+    dockerignore_patterns,
+    dockerignored,
+    env_of,
+    final_stage,
+    healthcheck_command,
+    is_pinned_image,
+    load_dashboard,
+    load_manifests,
+    option,
+    parse_dockerfile,
+    pod_spec,
+    promql_refs,
+    template_labels,
+    validate_strict,
+)
 
 # Kubernetes release the manifests must validate against (strict); the newest release
 # kubernetes-validate knows is checked as well, so removed APIs show up early.
