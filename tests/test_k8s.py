@@ -649,8 +649,7 @@ def test_app_deployments(deployments: dict[str, Manifest]) -> None:
 def test_service_names_match_the_app(deployments: dict[str, Manifest]) -> None:
     """OTEL_SERVICE_NAME in the manifests is the service.name the app itself uses."""
     modes_file = REPO / "example" / "modes.py"
-    if not modes_file.exists():
-        _missing_example(f"{modes_file} does not exist yet")
+    assert modes_file.exists(), f"{modes_file} is missing"
     modes = importlib.import_module("example.modes").MODES
     for name, mode in APPS.items():
         env = container_env(_app_container(deployments, name))
@@ -699,8 +698,7 @@ def test_dockerfile_runs_uvicorn_like_the_manifests(
         _, _, cport = _resolve(services, deployments, name, APP_PORT)
         assert cport == int(port), f"{name}: Service 8000 reaches {cport}, uvicorn uses {port}"
     module_file = REPO / (app_path.split(":")[0].replace(".", "/") + ".py")
-    if not module_file.exists():
-        _missing_example(f"{module_file} (the image's app module) does not exist yet")
+    assert module_file.exists(), f"{module_file} (the image's app module) is missing"
 
 
 def test_dockerfile_environment(dockerfile: list[Any], deployments: dict[str, Manifest]) -> None:
@@ -787,8 +785,6 @@ def test_dockerfile_copies_existing_files() -> None:
         if any(w.startswith("--from") for w in ins.args.split()):
             continue
         for src in words[:-1]:
-            if src.rstrip("/") in ("example",) and not (REPO / "example").exists():
-                _missing_example("example/ does not exist yet")
             assert (REPO / src).exists(), f"Dockerfile line {ins.line}: COPY {src}: no such file"
             assert not dockerignored(src, patterns), (
                 f"Dockerfile line {ins.line}: COPY {src} but .dockerignore excludes it"
@@ -822,8 +818,7 @@ def test_image_layout_runs_the_app(tmp_path: Path) -> None:
             continue
         words = ins.args.split()
         for name in words[:-1]:
-            if not (REPO / name).exists():
-                _missing_example(f"COPY {name}: not in the repository yet")
+            assert (REPO / name).exists(), f"COPY {name}: not in the repository"
             root = app if index > last_from else src
             _copy_into(REPO / name, root / name.rstrip("/"), patterns)
     build = subprocess.run(
@@ -1105,12 +1100,6 @@ def test_promtool_rule_unit_tests(prometheus_dir: Path) -> None:
 # ---------------------------------------------------------------------------- live scrape
 
 
-def _missing_example(message: str) -> None:
-    if _truthy("CI"):
-        pytest.fail(message + "; CI is set, so this is an error")
-    pytest.skip(message)
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -1181,8 +1170,7 @@ def live_app(
     argv = command_of(final_stage(parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))))
     app_path = next(a for a in argv[1:] if re.fullmatch(r"[\w.]+:\w+", a))
     module_file = REPO / (app_path.split(":")[0].replace(".", "/") + ".py")
-    if not module_file.exists():
-        _missing_example(f"{module_file} does not exist yet: cannot scrape the example app")
+    assert module_file.exists(), f"{module_file} is missing: cannot scrape the example app"
 
     port, metrics_port, otlp_port = _free_port(), _free_port(), _free_port()
     env = {
