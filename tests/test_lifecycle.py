@@ -190,6 +190,8 @@ def _child_after_fork(queue: multiprocessing.Queue[object]) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+# Forking beside the watchdog thread is the point; 3.12+ warns about any such fork.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_starts_clean_and_watches_its_own_loop() -> None:
     async def parent() -> None:
         loopwatch.watch()
