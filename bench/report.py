@@ -756,12 +756,13 @@ def _probe_lags(results: Results) -> int:
 
 
 def _stall_lines(results: Results) -> list[str]:
-    lines = []
-    for g in results.get("overhead", {}).get("groups", []):
-        for run in g["runs"]:
-            lines += run["stall_lines"]
-    lines += results.get("memory", {}).get("stall_lines", [])
-    return lines
+    """Stalls reported in the load tests and the memory run."""
+    overhead = results.get("overhead", {"groups": []})
+    return _load_test_stall_lines(overhead) + results.get("memory", {}).get("stall_lines", [])
+
+
+def _load_test_stall_lines(overhead: dict[str, Any]) -> list[str]:
+    return [line for g in overhead["groups"] for run in g["runs"] for line in run["stall_lines"]]
 
 
 def goals(results: Results) -> list[str]:
@@ -880,7 +881,7 @@ def overhead_section(results: Results, figures: dict[str, str]) -> list[str]:
     if "overhead" in figures:
         out += [f"![overhead]({figures['overhead']})", ""]
     out += overhead_table(o["groups"])
-    stalls = [line for g in o["groups"] for run in g["runs"] for line in run["stall_lines"]]
+    stalls = _load_test_stall_lines(o)
     out += [
         "",
         "*stalls reported / probe lags*: stalls loopwatch reported during the measured runs "
