@@ -124,6 +124,8 @@ class Watchdog:
         return max(0.0, monotonic() - stall.start) if stall is not None else 0.0
 
     def start(self) -> None:
+        if self._deadman is not None:  # trips if the loop does not tick from the start
+            self._deadman.reset(self._deadman.delay)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -159,13 +161,16 @@ class Watchdog:
         """Sleep until a stall may need attention; when it woke, and whether on time.
 
         With a dead man's switch and no stall under way, it sleeps until the switch trips
-        (the heartbeat is ``threshold`` overdue): a healthy loop never wakes it, so it never
-        competes for the GIL. Else it sleeps until the next check of :meth:`_next_wake`,
-        or a tick ending the stall.
+        (the heartbeat is ``threshold`` overdue), from the start on: a healthy loop never
+        wakes it, so it never competes for the GIL. That matters on a busy loop: it drops
+        and retakes the GIL around every ``epoll_wait``, and a thread woken then waits for
+        the GIL as long as the loop stays busy, woken (and spending CPU) at every drop.
+        Else it sleeps until the next check of :meth:`_next_wake`, or a tick ending the
+        stall.
         """
         deadman = self._deadman
         if deadman is not None and self._stall is None:
-            if self._paused or self._heartbeat.last_ran is None:
+            if self._paused:
                 return self._wait_for_ticks(), True
             deadman.wait(None)  # returns only when it trips
             woke = monotonic()
@@ -252,7 +257,10 @@ class Watchdog:
 
     def _maybe_start_stall(self, now: float, on_time: bool) -> None:
         last_ran = self._heartbeat.last_ran
-        if last_ran is None or self._heartbeat.ticks:
+        if last_ran is None:  # no tick since start(): wait for the first, as after a pause
+            self._paused = True
+            return
+        if self._heartbeat.ticks:
             return
         if not self._loop.is_running():
             self._paused = True

@@ -139,6 +139,30 @@ def test_watchdog_sleeps_while_the_loop_is_healthy_and_wakes_for_a_stall(run: Ru
     assert any(event.ongoing for event in events), "the stall was seen while it lasted"
 
 
+def test_watchdog_started_on_a_busy_loop_sleeps_from_the_start(run: Run) -> None:
+    """Started while the loop is already busy, the watchdog goes straight to sleep on the
+    switch. A busy loop drops and retakes the GIL at every iteration (around
+    ``epoll_wait``): a watchdog woken then (as by the first tick, before) waits for the GIL
+    as long as the loop stays busy, woken at every drop (~1,000 times a second here)."""
+    events: list[BlockEvent] = []
+
+    async def scenario() -> int:
+        busy = asyncio.create_task(_busy_but_healthy(1.2))
+        await asyncio.sleep(0)
+        async with loopwatch.LoopWatch(0.1, on_block=events.append):
+            watchdog = _watchdog_native_id()
+            before = _voluntary_switches(watchdog)
+            await busy
+            wakes = _voluntary_switches(watchdog) - before
+            workloads.spin(0.3)
+            await asyncio.sleep(0.2)
+        return wakes
+
+    wakes = run(scenario)
+    assert wakes <= 5, f"the watchdog woke {wakes} times in 1.2 s of a busy, healthy loop"
+    assert _culprits(events) == ["tests.workloads.spin"]
+
+
 def test_without_the_switch_the_watchdog_polls(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where there is no timerfd (not Linux) the watchdog wakes every threshold instead,
     and finds the same stalls."""
