@@ -23,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import accuracy, inserver, instructions, memory, micro, overhead, report
+from . import accuracy, inserver, instructions, memory, micro, overhead, report, switching
 from .common import RAW_DIR, ROOT, machine
 
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "micro": micro.run,
+    "switching": switching.run,
     "accuracy": accuracy.run,
     "overhead": overhead.run,
     "inserver": inserver.run,
