@@ -1,5 +1,6 @@
-"""Microbenchmarks: the cost of watching a loop that does nothing but switch tasks, and
-the cost of one stack sample of a 50-frame stack.
+"""Microbenchmarks: the cost of watching a loop that does nothing but switch tasks (run
+by run, next to asyncio debug mode and an aiodebug-style logger; the precise comparison is
+:mod:`bench.switching`), and the cost of one stack sample of a 50-frame stack.
 
 Run in a fresh process (``python -m bench.micro ROUNDS``, JSON on stdout); the harness in
 :func:`run` does that. Each round runs every configuration once, in a shuffled order.
@@ -223,8 +224,10 @@ def sample_cost(frames: int = 50, calls: int = 20_000, batches: int = 11) -> dic
 
 
 ROUNDS = 15
-"""Rounds of a full run: a monitor's cost is judged on the 95 % interval of its paired
-ratios, which 7 rounds left several per cent wide on this machine."""
+"""Rounds of a full run. Separate runs differ by 10-30 % on a shared machine: the micro
+goal is judged in :mod:`bench.switching`; these runs give the wall times and the monitors
+that cannot be switched on and off in a running loop (asyncio debug mode, the aiodebug-style
+patch)."""
 
 DEBUG_ROUNDS = 1
 """asyncio debug mode is ~20x slower (10+ s a run): it only runs this many rounds."""

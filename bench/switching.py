@@ -52,6 +52,8 @@ TIMER_AND_THREAD = "one timer and one idle thread"
 LOOPWATCH = "loopwatch"
 
 Undo = Callable[[], None]
+Window = dict[str, Any]
+"""One window: ``on`` (whether the toggle was on) and ``cpu_per_switch`` (seconds)."""
 
 
 def _nothing() -> Undo:
@@ -118,16 +120,16 @@ async def _switch_forever(stopped: asyncio.Event) -> None:
         await sleep(0)
 
 
-async def segment(tasks: int, toggle: str, held: str | None, seconds: float, seed: int) -> list[
-    dict[str, Any]
-]:  # fmt: skip
+async def segment(
+    tasks: int, toggle: str, held: str | None, seconds: float, seed: int
+) -> list[Window]:
     """Windows of one segment: ``toggle`` on or off, ``held`` on throughout (if given).
     The running task is one of ``tasks``; the others switch as often as it does."""
     rng = random.Random(seed)
     undo_held = TOGGLES[held]() if held else None
     stopped = asyncio.Event()
     others = [asyncio.create_task(_switch_forever(stopped)) for _ in range(tasks - 1)]
-    windows: list[dict[str, Any]] = []
+    windows: list[Window] = []
     ends = time.monotonic() + seconds
     order: list[bool] = []
     while time.monotonic() < ends or order:
@@ -148,7 +150,7 @@ async def segment(tasks: int, toggle: str, held: str | None, seconds: float, see
     return windows
 
 
-def pair_ratios(windows: list[dict[str, Any]]) -> list[float]:
+def pair_ratios(windows: list[Window]) -> list[float]:
     """CPU per switch with against without, one ratio per pair of windows."""
     ratios = []
     for first, second in zip(windows[::2], windows[1::2], strict=False):
@@ -185,7 +187,7 @@ def run(quick: bool) -> dict[str, Any]:
     planned = rows(quick)
     jobs = [(row, number) for row in planned for number in range(segments)]
     random.Random(3).shuffle(jobs)
-    found: dict[str, list[list[dict[str, Any]]]] = {_row_key(row): [] for row in planned}
+    found: dict[str, list[list[Window]]] = {_row_key(row): [] for row in planned}
     for row, number in jobs:
         argv = [sys.executable, "-m", "bench.switching", row["loop"], str(row["tasks"]),
                 row["toggle"], row["held"] or "", str(seconds), str(number)]  # fmt: skip
@@ -216,7 +218,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> None:
     loop, tasks, toggle, held, seconds, seed = argv
-    run_on: Callable[[Coroutine[Any, Any, list[dict[str, Any]]]], list[dict[str, Any]]] = (
+    run_on: Callable[[Coroutine[Any, Any, list[Window]]], list[Window]] = (
         uvloop.run if loop == "uvloop" else asyncio.run
     )
     print(json.dumps(run_on(segment(int(tasks), toggle, held or None, float(seconds), int(seed)))))
