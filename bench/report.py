@@ -39,7 +39,10 @@ def _machine_line(results: Results) -> str:
     return f"{m['cpu']}, {m['cores']} cores, {m['python']}"
 
 
-def _footer(fig: plt.Figure, results: Results, config: str) -> None:
+def _finish(
+    fig: plt.Figure, results: Results, config: str, path: Path, rect: tuple[float, ...]
+) -> None:
+    """Add the footer (machine, configuration, run), lay out within ``rect``, save, close."""
     m = results["machine"]
     fig.text(
         0.01, 0.01,
@@ -47,6 +50,9 @@ def _footer(fig: plt.Figure, results: Results, config: str) -> None:
         f"{config}; {results['mode']} run {results['date']}",
         fontsize=7, color="#444444",
     )  # fmt: skip
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # --- verdicts -------------------------------------------------------------------------
@@ -307,10 +313,13 @@ def plot_overhead(results: Results, path: Path) -> None:
         "loopwatch default config (threshold 0.1 s)",
         fontsize=9,
     )
-    _footer(fig, results, "blue: stdlib asyncio loop, orange: uvloop; OTel: FastAPIInstrumentor")
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(
+        fig,
+        results,
+        "blue: stdlib asyncio loop, orange: uvloop; OTel: FastAPIInstrumentor",
+        path,
+        (0, 0.05, 1, 0.95),
+    )
 
 
 def plot_micro(results: Results, path: Path) -> None:
@@ -345,10 +354,7 @@ def plot_micro(results: Results, path: Path) -> None:
         f"take_sample() of a {sample['stack_depth']}-frame stack: {sample['median_us']:.1f} µs",
         fontsize=9,
     )
-    _footer(fig, results, "slow-callback threshold 0.1 s for every monitor")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, results, "slow-callback threshold 0.1 s for every monitor", path, (0, 0.03, 1, 1))
 
 
 def plot_switching(results: Results, path: Path) -> None:
@@ -379,10 +385,7 @@ def plot_switching(results: Results, path: Path) -> None:
         "green: loopwatch (default config), grey: baselines and the A/A control",
         fontsize=9,
     )
-    _footer(fig, results, "loopwatch default configuration")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, results, "loopwatch default configuration", path, (0, 0.03, 1, 1))
 
 
 def plot_accuracy(results: Results, path: Path) -> None:
@@ -417,10 +420,7 @@ def plot_accuracy(results: Results, path: Path) -> None:
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle("Accuracy: duration error of each reported stall (x: stall not reported)",
                  fontsize=10)  # fmt: skip
-    _footer(fig, results, "stall corpus of bench/stalls.py")
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, results, "stall corpus of bench/stalls.py", path, (0, 0.05, 1, 0.95))
 
 
 def plot_memory(results: Results, path: Path) -> None:
@@ -440,10 +440,7 @@ def plot_memory(results: Results, path: Path) -> None:
         f"(hello-world FastAPI, uvicorn, {mem['loop']} loop, LoopWatchMiddleware default)",
         fontsize=9,
     )
-    _footer(fig, results, f"wrk -t1 -c32, {mem['seconds']:.0f} s")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, results, f"wrk -t1 -c32, {mem['seconds']:.0f} s", path, (0, 0.04, 1, 1))
 
 
 # --- markdown -------------------------------------------------------------------------
