@@ -1,6 +1,6 @@
 """``python -m bench [--quick] [--only SECTION ...] [--render FILE]``: run the benchmarks.
 
-A full run (about 30 minutes on 2 cores) writes ``docs/benchmarks.md`` and
+A full run (about 60-70 minutes on 2 cores) writes ``docs/benchmarks.md`` and
 ``docs/benchmarks-*.png`` and keeps its summary in ``bench/results/full.json``. ``--quick``
 (under 3 minutes) writes to ``bench/results/raw/quick/`` instead, so it never replaces the
 published figures.
