@@ -69,10 +69,11 @@ def test_demo_work_is_sized_by_the_variable_else_by_time() -> None:
 
     assert demo_iterations({"DEMO_CPU_ITERATIONS": "1234"}) == 1234
     lasting = iterations_lasting(0.3, cpu_heavy_blocking_work)
-    # Other load during the calibration can slow even its CPU time, by up to about twice
-    # (CI on this shared machine: 0.155 and 0.18 s of 0.3, on Python 3.12 and 3.13, in
-    # the same run): the work then comes out shorter than asked, never longer.
-    assert 0.1 <= cpu_seconds(lambda: cpu_heavy_blocking_work(lasting)) <= 0.45
+    # Other load can slow even CPU time, by up to about twice, during the calibration (CI
+    # on this shared machine: 0.155 and 0.18 s of 0.3, on Python 3.12 and 3.13, in the
+    # same run: the work comes out shorter than asked) or during the check (0.46 s of 0.3
+    # on 3.11, on a slow day). The bounds catch a calibration off by 3x either way.
+    assert 0.1 <= cpu_seconds(lambda: cpu_heavy_blocking_work(lasting)) <= 0.9
     iterations = demo_iterations({})
     assert iterations >= CPU_ITERATIONS
     assert cpu_seconds(lambda: cpu_heavy_blocking_work(iterations)) >= 0.8 * SHORTEST_DEMO_STALL
