@@ -204,7 +204,7 @@ def switching_verdict(rows: Sequence[dict[str, Any]]) -> str:
     is within the goal, missed if above it): against no monitor, and beside one idle timer
     and one idle thread that stay on (what a server has anyway)."""
     return "; ".join(
-        f"{row['loop']} {_tasks(row)}, against {_held(row)}: "
+        f"{row['loop']} {_tasks(row)}, against {row['held'] or 'no monitor'}: "
         + _micro_goal_text(row["change"], row["interval"])
         for row in rows
         if row["toggle"] == switching.LOOPWATCH
@@ -213,10 +213,6 @@ def switching_verdict(rows: Sequence[dict[str, Any]]) -> str:
 
 def _tasks(row: dict[str, Any]) -> str:
     return f"{row['tasks']} task{'s' if row['tasks'] > 1 else ''}"
-
-
-def _held(row: dict[str, Any]) -> str:
-    return row["held"] or "no monitor"
 
 
 def _micro_goal_text(change: float, interval: Sequence[float]) -> str:
@@ -725,9 +721,11 @@ def findings(results: Results) -> list[str]:
                 text + " Whatever a request leaves alive after it ends costs every request "
                 "(docs/design.md, *Per-request work*)."
             )
-        rows = {(r["loop"], r["shape"], r["monitor"]): r for r in results["micro"]["rows"]}
-        if "switching" in sections:  # the same-process A/B tells these costs apart
-            rows = {}
+        rows = (
+            {}  # the same-process A/B tells these costs apart: switching_findings
+            if "switching" in sections
+            else {(r["loop"], r["shape"], r["monitor"]): r for r in results["micro"]["rows"]}
+        )
         for shape, loop in itertools.product(SHAPES, LOOP_NAMES):
             full = rows.get((loop, shape, "loopwatch"))
             thread = rows.get((loop, shape, IDLE_THREAD))
@@ -878,6 +876,7 @@ def goals(results: Results) -> list[str]:
     elif "micro" in sections:
         verdict = micro_verdict(results["micro"]["rows"])
         rows.append(f"| 400k task switches: loopwatch at most 2 % (process CPU) | {verdict} |")
+    if "micro" in sections:
         sample = results["micro"]["raw"]["sample"]
         ok = sample["median_us"] < SAMPLE_GOAL_US
         rows.append(
