@@ -121,7 +121,7 @@ async def _switch(case: Case) -> tuple[float, float]:
         asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK
     timer = case.monitor in (PENDING_TIMER, TIMER_AND_THREAD)
     idle = asyncio.create_task(asyncio.sleep(3600)) if timer else None
-    with _idle_thread(case.monitor in (IDLE_THREAD, TIMER_AND_THREAD)):
+    with idle_thread(case.monitor in (IDLE_THREAD, TIMER_AND_THREAD)):
         await asyncio.sleep(0.05)  # every monitor settled (heartbeat ticking)
         started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(_switcher(times) for _ in range(tasks)))
@@ -134,7 +134,7 @@ async def _switch(case: Case) -> tuple[float, float]:
 
 
 @contextmanager
-def _idle_thread(wanted: bool) -> Iterator[None]:
+def idle_thread(wanted: bool) -> Iterator[None]:
     """One more thread, blocked until the block ends (none if not ``wanted``)."""
     if not wanted:
         yield

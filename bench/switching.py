@@ -16,12 +16,12 @@ with a bootstrap 95 % interval that resamples segments, then pairs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -31,6 +31,7 @@ import uvloop
 from loopwatch import LoopWatch
 
 from .common import ROOT, median_interval
+from .micro import idle_thread
 
 WINDOW = 0.1
 """Seconds per window: ~25,000 switches of one task."""
@@ -61,18 +62,12 @@ def _nothing() -> Undo:
 
 
 def _idle_thread() -> Undo:
-    """A thread blocked until undone: on Linux, once a second thread shares the file
-    table, each system call on a file descriptor (the ``epoll_wait`` of every loop
-    iteration) takes and drops a reference on the file."""
-    release = threading.Event()
-    thread = threading.Thread(target=release.wait, name="idle")
-    thread.start()
-
-    def undo() -> None:
-        release.set()
-        thread.join()
-
-    return undo
+    """A thread blocked until undone (:func:`.micro.idle_thread`): on Linux, once a second
+    thread shares the file table, each system call on a file descriptor (the
+    ``epoll_wait`` of every loop iteration) takes and drops a reference on the file."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(idle_thread(True))
+    return stack.close
 
 
 def _pending_timer() -> Undo:
