@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry import trace
 
-from .asgi_scope import Scopes, http_scopes_in_stack, tasks_serving_http
+from .asgi_scope import Scopes, stalled_http, tasks_serving_http
 from .task_context import current_span_in, task_context
 
 REQUEST_KEY = "loopwatch.request"
@@ -149,16 +149,21 @@ def kept_request(scopes: Scopes) -> Request | None:
     return None
 
 
-def stalled_request(thread_id: int) -> AnyRequest | None:
+def stalled_request(thread_id: int, loop: asyncio.AbstractEventLoop) -> AnyRequest | None:
     """The request the stalled loop thread ``thread_id`` serves, found by the HTTP scopes
-    in its stack and described by the innermost (read off-loop, during the stall)."""
-    scopes = http_scopes_in_stack(thread_id)
+    in its stack (or in the tasks waiting for its task) and described by the innermost
+    (read off-loop, during the stall)."""
+    scopes, route = stalled_http(thread_id, loop)
     if not scopes:
         return None
     request = kept_request(scopes)
     if request is None:
-        return RequestSummary.of(scopes[0])
-    return request.described_by(scopes[0])
+        summary = RequestSummary.of(scopes[0])
+        return summary if summary.route or not route else summary._replace(route=route)
+    request.described_by(scopes[0])
+    if not request.route:  # a route the scope does not name (Litestar, Quart, Django)
+        request.route = route
+    return request
 
 
 def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> InFlight:

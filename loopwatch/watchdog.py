@@ -339,7 +339,7 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                stalled_request(thread_id),
+                stalled_request(thread_id, self._loop),
             )
         )
 

@@ -129,9 +129,11 @@ def test_the_stalled_request_is_found_by_its_scope() -> None:
         inner_layer(routed)
 
     def inner_layer(scope: dict[str, Any]) -> None:
-        reader = threading.Thread(target=lambda: seen.append(stalled_request(thread_id)))
+        reader = threading.Thread(target=lambda: seen.append(stalled_request(thread_id, loop)))
         reader.start()
         reader.join()
+
+    loop = asyncio.new_event_loop()  # not running: no task to follow
 
     outer_layer({"type": "http", "method": "DELETE"})
     assert seen.pop() == RequestSummary("DELETE", "/items/{item_id}")
@@ -141,4 +143,5 @@ def test_the_stalled_request_is_found_by_its_scope() -> None:
     assert request is traced[REQUEST_KEY]
     assert isinstance(request, Request)
     assert (request.method, request.route) == ("GET", "/items/{item_id}")
-    assert stalled_request(thread_id) is None  # no HTTP scope in this stack
+    assert stalled_request(thread_id, loop) is None  # no HTTP scope in this stack
+    loop.close()
