@@ -1,0 +1,143 @@
+"""Litestar, Quart and Django ASGI under a real uvicorn, aiohttp under its own server: a
+view that blocks the loop 0.3 s (threshold 0.1 s), three times in a row, over real HTTP.
+
+Each stall names the view, the framework's route template, the method, and no victim
+(Quart and Django run the view in a child task: the request is found in the task waiting
+for it, and is not its own victim).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from aiohttp import web
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+
+from loopwatch.instrumentation import LoopWatchInstrumentor
+
+from .apps.frameworks import (
+    BUILDERS,
+    LIFESPAN,
+    STALL_S,
+    Watch,
+    aiohttp_view,
+    build,
+    build_aiohttp,
+    view_name,
+)
+from .apps.inprocess import THRESHOLD_S
+from .conftest import Otel
+from .server import HTTP_TIMEOUT_S, STOP_TIMEOUT_S, free_port, serve_in_thread
+
+BLOCKS = 3
+ROUTES = {
+    "litestar": "/block/{item_id}",
+    "quart": "/block/<int:item_id>",
+    "django": "block/<int:item_id>",
+    "aiohttp": "/block/{item_id}",
+}
+"""Each framework's own template for the path ``/block/<n>``."""
+
+
+def block_three_times(url: str) -> None:
+    for item in range(BLOCKS):
+        response = httpx.get(f"{url}/block/{item}", timeout=HTTP_TIMEOUT_S)
+        assert response.status_code == 200, response.text
+
+
+def assert_named(spans: list[ReadableSpan], framework: str) -> None:
+    """Every stall names its request: the route template, the method, and no victim."""
+    assert len(spans) == BLOCKS
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        assert attributes["http.route"] == ROUTES[framework]
+        assert attributes["http.request.method"] == "GET"
+        assert attributes["loopwatch.delayed_requests"] == 0
+        assert STALL_S - 0.1 <= float(attributes["loopwatch.duration"]) <= STALL_S + 2.0  # type: ignore[arg-type]
+        assert not span.links  # no request linked as delayed: not even its own
+
+
+@pytest.mark.parametrize("watch", ["traced", "middleware"])
+@pytest.mark.parametrize("framework", list(BUILDERS))
+def test_wrapped_framework_names_the_view_route_and_method(
+    framework: str, watch: Watch, loop_name: str, otel: Otel
+) -> None:
+    app = build(framework, otel.providers, watch)
+    view = BUILDERS[framework][1]
+    with serve_in_thread(app, loop=loop_name, lifespan=LIFESPAN[framework]) as server:
+        block_three_times(server.url)
+        spans = otel.blocked_spans(BLOCKS, view_name(view))
+    assert_named(spans, framework)
+    if watch == "traced":  # each stall is a child of its request's server span
+        servers = {s.context.span_id: s for s in otel.spans() if s.kind is SpanKind.SERVER}  # type: ignore[union-attr]
+        assert all(span.parent is not None and span.parent.span_id in servers for span in spans)
+        assert len({span.parent.span_id for span in spans}) == BLOCKS  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def instrumentor(otel: Otel) -> Iterator[None]:
+    instance = LoopWatchInstrumentor()
+    instance.instrument(
+        threshold=THRESHOLD_S,
+        tracer_provider=otel.providers.tracer_provider,
+        meter_provider=otel.providers.meter_provider,
+    )
+    try:
+        yield
+    finally:
+        instance.uninstrument()
+
+
+@pytest.mark.usefixtures("instrumentor")
+@pytest.mark.parametrize("framework", list(BUILDERS))
+def test_zero_code_framework(framework: str, otel: Otel) -> None:
+    """The instrumentor watches an app built after it, without loopwatch code."""
+    app = build(framework, otel.providers, "none")
+    view = BUILDERS[framework][1]
+    with serve_in_thread(app, loop="asyncio", lifespan=LIFESPAN[framework]) as server:
+        block_three_times(server.url)
+        spans = otel.blocked_spans(BLOCKS, view_name(view))
+    assert_named(spans, framework)
+
+
+@contextlib.contextmanager
+def serve_aiohttp(app: web.Application) -> Iterator[str]:
+    """Serve ``app`` with aiohttp's own server (``AppRunner`` and ``TCPSite`` on
+    127.0.0.1) on a loop in a thread; clean it up (the app's cleanup included) on exit."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    port = free_port()
+    started = threading.Event()
+
+    def run() -> None:
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=run, name=f"aiohttp-{port}", daemon=True)
+    thread.start()
+    try:
+        assert started.wait(STOP_TIMEOUT_S), "aiohttp did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(STOP_TIMEOUT_S)
+        assert not thread.is_alive(), "aiohttp server thread did not stop"
+        loop.close()
+
+
+def test_aiohttp_watch_app_names_the_route(otel: Otel) -> None:
+    """``watch_app`` starts loopwatch with the app and names aiohttp's resource."""
+    with serve_aiohttp(build_aiohttp(otel.providers)) as url:
+        block_three_times(url)
+        spans = otel.blocked_spans(BLOCKS, view_name(aiohttp_view))
+    assert_named(spans, "aiohttp")
+    assert not any(t.name == "loopwatch-watchdog" for t in threading.enumerate())
