@@ -24,10 +24,11 @@ aiohttp is not covered (no ASGI app; see :func:`loopwatch.aiohttp.watch_app`).
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable, Collection
+from types import ModuleType
 from typing import Any
 
+import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
@@ -45,6 +46,8 @@ class LoopWatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     _originals: dict[type, Any] = {}  # noqa: RUF012 - class-level on purpose: one patch
     _patches: list[Patch] = []  # noqa: RUF012 - likewise
+    _options: dict[str, Any] | None = None
+    """The options while instrumented (``None`` after ``uninstrument``)."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ()  # each framework is patched if installed; none is required
@@ -52,8 +55,10 @@ class LoopWatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **options: Any) -> None:
         if not resolve_config().enabled:
             return
-        if not LoopWatchInstrumentor._patches:
-            LoopWatchInstrumentor._patches = _patch_asgi_frameworks(options)
+        LoopWatchInstrumentor._options = options
+        for module, name, method, wrap in _FRAMEWORKS:  # now if imported, else on import
+            hook = functools.partial(_patch_framework, name, method, wrap)
+            wrapt.register_post_import_hook(hook, module)
         try:
             from starlette.middleware.errors import ServerErrorMiddleware
         except ImportError:
@@ -80,27 +85,25 @@ class LoopWatchInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for cls, original in LoopWatchInstrumentor._originals.items():
             setattr(cls, "build_middleware_stack", original)  # noqa: B010
         LoopWatchInstrumentor._originals.clear()
+        LoopWatchInstrumentor._options = None
         for cls, name, original in LoopWatchInstrumentor._patches:
             setattr(cls, name, original)
         LoopWatchInstrumentor._patches = []
 
 
-def _patch_asgi_frameworks(options: dict[str, Any]) -> list[Patch]:
-    """Patch the ASGI frameworks that are installed (see the module's docstring)."""
-    patches: list[Patch] = []
-    for module, name, method, patch in (
-        ("quart.app", "Quart", "__init__", _wrap_quart),
-        ("litestar.app", "Litestar", "__init__", _wrap_litestar),
-        ("django.core.handlers.asgi", "ASGIHandler", "__call__", _serve_django),
-    ):
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except ImportError:
-            continue
-        original = cls.__dict__[method]
-        setattr(cls, method, functools.wraps(original)(patch(original, options)))
-        patches.append((cls, method, original))
-    return patches
+def _patch_framework(name: str, method: str, wrap: Wrap, module: ModuleType) -> None:
+    """Patch ``method`` of class ``name`` of a framework's ``module``, just imported (or
+    imported before the instrumentor ran), if instrumented and not patched yet. Called by
+    wrapt's post-import hook: frameworks the app does not use are never imported."""
+    options = LoopWatchInstrumentor._options
+    cls = getattr(module, name, None)
+    if options is None or not isinstance(cls, type):
+        return
+    if any(patched is cls for patched, _, _ in LoopWatchInstrumentor._patches):
+        return
+    original = cls.__dict__[method]
+    setattr(cls, method, functools.wraps(original)(wrap(original, options)))
+    LoopWatchInstrumentor._patches.append((cls, method, original))
 
 
 def _wrap_quart(init: Callable[..., None], options: dict[str, Any]) -> Callable[..., None]:
@@ -133,6 +136,15 @@ def _serve_django(call: Callable[..., Any], options: dict[str, Any]) -> Callable
 
 
 _DJANGO_MIDDLEWARE = "_loopwatch_middleware"
+
+Wrap = Callable[[Callable[..., Any], dict[str, Any]], Callable[..., Any]]
+
+_FRAMEWORKS: tuple[tuple[str, str, str, Wrap], ...] = (
+    ("quart.app", "Quart", "__init__", _wrap_quart),
+    ("litestar.app", "Litestar", "__init__", _wrap_litestar),
+    ("django.core.handlers.asgi", "ASGIHandler", "__call__", _serve_django),
+)
+"""The module, class and method patched for each framework, and how."""
 
 
 def _app_classes() -> list[type]:

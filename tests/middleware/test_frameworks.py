@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -33,7 +34,19 @@ from .apps.frameworks import (
 )
 from .apps.inprocess import THRESHOLD_S
 from .conftest import Otel
-from .server import HTTP_TIMEOUT_S, STOP_TIMEOUT_S, free_port, serve_in_thread
+from .server import (
+    HTTP_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    free_port,
+    run_process,
+    sample_total,
+    scrape,
+    serve_in_thread,
+    venv_script,
+    wait_http_ok,
+    wait_until,
+)
+from .test_zero_code import BLOCK_COUNT, zero_code_environ
 
 BLOCKS = 3
 ROUTES = {
@@ -104,6 +117,32 @@ def test_zero_code_framework(framework: str, otel: Otel) -> None:
         block_three_times(server.url)
         spans = otel.blocked_spans(BLOCKS, view_name(view))
     assert_named(spans, framework)
+
+
+@pytest.mark.parametrize("framework", list(BUILDERS))
+def test_opentelemetry_instrument_uvicorn(framework: str, tmp_path: Path) -> None:
+    """``opentelemetry-instrument uvicorn`` on an app without loopwatch code: the stalls
+    are counted on the metrics port under the framework's route template."""
+    port, metrics_port = free_port(), free_port()
+    argv = [
+        venv_script("opentelemetry-instrument"),
+        venv_script("uvicorn"),
+        f"tests.middleware.apps.plain_frameworks:{framework}",
+        *("--host", "127.0.0.1", "--port", str(port), "--lifespan", LIFESPAN[framework]),
+    ]
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    labels = {"http_route": ROUTES[framework], "http_request_method": "GET"}
+    env = zero_code_environ(metrics_port)
+    with run_process(argv, env=env, log_path=tmp_path / "log") as server:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", server)
+        block_three_times(f"http://127.0.0.1:{port}")
+        wait_until(
+            lambda: sample_total(scrape(metrics_url), BLOCK_COUNT, **labels) >= BLOCKS,
+            5.0,
+            f"{BLOCKS} stalls of {ROUTES[framework]} on the metrics port",
+            detail=server.output,
+        )
+        assert f"in {view_name(BUILDERS[framework][1])}" in server.output()
 
 
 @contextlib.contextmanager

@@ -64,7 +64,11 @@ async def django_view(request: HttpRequest, item_id: int) -> HttpResponse:
     return HttpResponse(f"blocked {item_id}")
 
 
-urlpatterns = [path("block/<int:item_id>", django_view)]
+async def django_health(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+urlpatterns = [path("block/<int:item_id>", django_view), path("health", django_health)]
 
 
 def build_django() -> ASGIApp:
