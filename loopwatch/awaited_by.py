@@ -2,9 +2,9 @@
 
 Quart and Django run a view in a child task and wait for it in the task that holds the
 request's ASGI scope, so the request of a stall is found by following the tasks that wait
-for the running one. Python 3.14's ``asyncio.capture_call_graph`` records these links; on
-3.10-3.13 they are read from what asyncio keeps anyway (the C and the Python task alike,
-and still so on 3.14):
+for the running one. Python 3.14 records these links for ``asyncio.capture_call_graph``;
+loopwatch reads the links asyncio keeps on every version it supports (the C and the
+Python task alike):
 
 - a task suspended on a future holds it in ``_fut_waiter`` (``await task``, or the
   future that ``asyncio.wait``, ``gather``, ``shield`` or ``wait_for`` waits on);
@@ -73,29 +73,35 @@ def _waiting_for(future: Any, waiting_on: dict[int, list[Any]]) -> Iterator[Any]
     for entry in list(callbacks)[:MAX_CALLBACKS]:
         callback = entry[0] if isinstance(entry, tuple) else entry
         bound = getattr(callback, "__self__", None)
-        if isinstance(bound, asyncio.Task):  # a task's own wake-up: it awaits ``future``
+        if _is_task(bound):  # a task's own wake-up: it awaits ``future``
             yield bound
         elif bound is not None:  # an asyncio.TaskGroup: its parent waits for its children
             parent = _instance_dict(bound).get("_parent_task")
-            if isinstance(parent, asyncio.Task):
+            if _is_task(parent):
                 yield parent
         else:
             for held in _futures_held_by(callback):
                 yield from waiting_on.get(id(held), ())
 
 
-def _futures_held_by(callback: Any) -> Iterator[asyncio.Future[Any]]:
+def _futures_held_by(callback: Any) -> Iterator[Any]:
     """The futures a plain done-callback holds: its partial's arguments, or in its closure."""
     if isinstance(callback, functools.partial):
-        yield from (arg for arg in callback.args if isinstance(arg, asyncio.Future))
+        yield from (arg for arg in callback.args if asyncio.isfuture(arg))
         return
     for cell in getattr(callback, "__closure__", None) or ():
         try:
             contents = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-        if isinstance(contents, asyncio.Future):
+        if asyncio.isfuture(contents):
             yield contents
+
+
+def _is_task(obj: object) -> bool:
+    """Whether ``obj`` is a task: the C one, the pure-Python one (not a subclass of the C
+    one), or another class asyncio accepts as a future with a coroutine."""
+    return asyncio.isfuture(obj) and hasattr(type(obj), "get_coro")
 
 
 def _instance_dict(obj: Any) -> dict[str, Any]:

@@ -43,8 +43,15 @@ WAYS: dict[str, Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]] = {
 }
 
 
+def python_tasks(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+    """The pure-Python task (asyncio uses the C one unless told otherwise)."""
+    task: asyncio.Task[Any] = asyncio.tasks._PyTask(coro, loop=loop, **options)  # type: ignore[attr-defined]
+    return task
+
+
+@pytest.mark.parametrize("task_class", ["c", "python"])
 @pytest.mark.parametrize("way", WAYS)
-def test_the_waiting_tasks_are_found_nearest_first(run: Run, way: str) -> None:
+def test_the_waiting_tasks_are_found_nearest_first(run: Run, way: str, task_class: str) -> None:
     """A child task finds the task waiting for it however that one waits, then the task
     waiting for that one (through ``asyncio.wait``), then the test's main task awaiting
     that; other tasks are left out."""
@@ -62,6 +69,8 @@ def test_the_waiting_tasks_are_found_nearest_first(run: Run, way: str) -> None:
         await WAYS[way](child)
 
     async def scenario() -> list[Any]:
+        if task_class == "python":
+            asyncio.get_running_loop().set_task_factory(python_tasks)
         bystander = asyncio.ensure_future(asyncio.sleep(1))
         parent_task = asyncio.ensure_future(parent())
         grandparent = asyncio.ensure_future(asyncio.wait([parent_task]))
@@ -70,6 +79,26 @@ def test_the_waiting_tasks_are_found_nearest_first(run: Run, way: str) -> None:
         return [parent_task, grandparent, asyncio.current_task()]
 
     assert found == run(scenario)
+
+
+class Broken:
+    """A task-like object whose attributes raise (a custom task class gone wrong)."""
+
+    @property
+    def _fut_waiter(self) -> Any:
+        raise RuntimeError("broken on purpose")
+
+
+def test_an_error_ends_the_walk_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The watchdog thread must survive whatever a task holds: nothing is found."""
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        for _ in range(2):
+            assert awaiting_tasks(future, [Broken()]) == []  # type: ignore[list-item]
+    finally:
+        loop.close()
+    assert sum("could not follow" in record.getMessage() for record in caplog.records) <= 1
 
 
 def test_a_request_is_not_its_own_victim_when_its_view_runs_in_a_child_task(run: Run) -> None:
