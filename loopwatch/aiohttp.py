@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import registry
 from .config import resolve_config
@@ -28,6 +29,8 @@ def watch_app(app: web.Application, **options: Any) -> web.Application:
     route of the request a stall holds; options are those of :class:`loopwatch.LoopWatch`.
     Call it before the app starts (aiohttp freezes its middlewares then)."""
     if not resolve_config(**{k: v for k, v in options.items() if k not in _OBJECT_OPTIONS}).enabled:
+        return app
+    if _request_scope in app.middlewares:  # watched already
         return app
     app.middlewares.insert(0, _request_scope)
     watching: list[asyncio.AbstractEventLoop] = []
@@ -51,11 +54,10 @@ def watch_app(app: web.Application, **options: Any) -> web.Application:
 
 
 @web.middleware
-async def _request_scope(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _request_scope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Serve ``request`` with an ASGI-like ``scope`` naming it held in this frame."""
     scope = {"type": "http", "method": request.method, "path_template": _template(request)}  # noqa: F841 - read from the frame by the watchdog
-    response: web.StreamResponse = await handler(request)
-    return response
+    return await handler(request)
 
 
 def _template(request: web.Request) -> str | None:

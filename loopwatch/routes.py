@@ -17,7 +17,7 @@ runs, nothing is allocated beyond a frame's locals):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import FrameType
+from types import FrameType, MemberDescriptorType
 from typing import Any
 
 REQUEST_VARIABLE = "request"
@@ -29,7 +29,7 @@ def scope_route(scope: Mapping[str, Any]) -> str | None:
     template = scope.get("path_template")
     if isinstance(template, str) and template:
         return template
-    paths = _own(scope.get("route_handler")).get("paths")
+    paths = _slot(scope.get("route_handler"), "paths")  # Litestar before 2.13 or so
     if isinstance(paths, (set, frozenset, list, tuple)) and len(paths) == 1:
         [path] = paths
         return path if isinstance(path, str) else None
@@ -49,6 +49,21 @@ def frame_route(frame: FrameType) -> str | None:
         return rule
     route = _own(request.get("resolver_match")).get("route")  # Django
     return route if isinstance(route, str) and route else None
+
+
+def _slot(obj: object, name: str) -> object:
+    """The value of slot ``name`` of ``obj`` (a member descriptor: no code of the class
+    runs), ``None`` if it has no such slot or it is unset."""
+    for cls in type(obj).__mro__:
+        member = cls.__dict__.get(name)
+        if member is not None:
+            if not isinstance(member, MemberDescriptorType):
+                return None
+            try:
+                return member.__get__(obj, type(obj))
+            except AttributeError:
+                return None
+    return None
 
 
 def _own(obj: object) -> Mapping[str, Any]:

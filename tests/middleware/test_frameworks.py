@@ -20,6 +20,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
+from loopwatch.aiohttp import watch_app
 from loopwatch.instrumentation import LoopWatchInstrumentor
 
 from .apps.frameworks import (
@@ -174,8 +175,11 @@ def serve_aiohttp(app: web.Application) -> Iterator[str]:
 
 
 def test_aiohttp_watch_app_names_the_route(otel: Otel) -> None:
-    """``watch_app`` starts loopwatch with the app and names aiohttp's resource."""
-    with serve_aiohttp(build_aiohttp(otel.providers)) as url:
+    """``watch_app`` starts loopwatch with the app (once, however often it is called),
+    names aiohttp's resource, and stops loopwatch at the app's cleanup."""
+    app = watch_app(build_aiohttp(otel.providers))
+    assert len(app.middlewares) == 1
+    with serve_aiohttp(app) as url:
         block_three_times(url)
         spans = otel.blocked_spans(BLOCKS, view_name(aiohttp_view))
     assert_named(spans, "aiohttp")
