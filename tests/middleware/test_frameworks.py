@@ -34,7 +34,7 @@ from .apps.frameworks import (
     view_name,
 )
 from .apps.inprocess import THRESHOLD_S
-from .conftest import Otel
+from .conftest import SPAN_WAIT_S, Otel, watchdog_threads
 from .server import (
     HTTP_TIMEOUT_S,
     STOP_TIMEOUT_S,
@@ -111,13 +111,15 @@ def instrumentor(otel: Otel) -> Iterator[None]:
 @pytest.mark.usefixtures("instrumentor")
 @pytest.mark.parametrize("framework", list(BUILDERS))
 def test_zero_code_framework(framework: str, otel: Otel) -> None:
-    """The instrumentor watches an app built after it, without loopwatch code."""
+    """The instrumentor watches an app built after it, without loopwatch code, and the
+    watcher stops with the server (at lifespan shutdown, or when Django's loop closes)."""
     app = build(framework, otel.providers, "none")
     view = BUILDERS[framework][1]
     with serve_in_thread(app, loop="asyncio", lifespan=LIFESPAN[framework]) as server:
         block_three_times(server.url)
         spans = otel.blocked_spans(BLOCKS, view_name(view))
     assert_named(spans, framework)
+    wait_until(lambda: watchdog_threads() == 0, SPAN_WAIT_S, "the watchdog thread to stop")
 
 
 @pytest.mark.parametrize("framework", list(BUILDERS))
@@ -183,4 +185,4 @@ def test_aiohttp_watch_app_names_the_route(otel: Otel) -> None:
         block_three_times(url)
         spans = otel.blocked_spans(BLOCKS, view_name(aiohttp_view))
     assert_named(spans, "aiohttp")
-    assert not any(t.name == "loopwatch-watchdog" for t in threading.enumerate())
+    assert watchdog_threads() == 0
