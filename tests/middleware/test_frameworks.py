@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
+from loopwatch import LoopWatchMiddleware
 from loopwatch.aiohttp import watch_app
 from loopwatch.instrumentation import LoopWatchInstrumentor
 
@@ -186,3 +188,16 @@ def test_aiohttp_watch_app_names_the_route(otel: Otel) -> None:
         spans = otel.blocked_spans(BLOCKS, view_name(aiohttp_view))
     assert_named(spans, "aiohttp")
     assert watchdog_threads() == 0
+
+
+def test_instrumentor_without_starlette(monkeypatch: pytest.MonkeyPatch, otel: Otel) -> None:
+    """Starlette is no requirement: without it the other frameworks are still watched."""
+    monkeypatch.setitem(sys.modules, "starlette.middleware.errors", None)  # import fails
+    instance = LoopWatchInstrumentor()
+    instance.instrument(threshold=THRESHOLD_S, tracer_provider=otel.providers.tracer_provider)
+    try:
+        app = build("quart", otel.providers, "none")
+        assert isinstance(app.asgi_app, LoopWatchMiddleware)  # type: ignore[attr-defined]
+    finally:
+        instance.uninstrument()
+    assert not isinstance(build("quart", otel.providers, "none").asgi_app, LoopWatchMiddleware)  # type: ignore[attr-defined]
