@@ -165,7 +165,7 @@ def test_healthy_traces_are_kept_at_the_configured_fraction(
     kept: list[Span], policy: Policy
 ) -> None:
     """Healthy traces are kept at ``sampling_percentage``, within 4.5 standard deviations
-    of the binomial count (for 10 % of 300: 30 expected, 7 to 53 accepted)."""
+    of the binomial count (for 25 % of 300: 75 expected, 41 to 109 accepted)."""
     healthy = traces_with(kept, f"GET {HEALTHY_ROUTE}") - traces_with(kept, "loop.blocked")
     ratio = policy.healthy_percentage / 100
     mean = HEALTHY_REQUESTS * ratio
