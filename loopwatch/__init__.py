@@ -24,8 +24,13 @@ else:
         """``keep_stalls`` is imported on first use: it needs the OpenTelemetry SDK, which
         ``import loopwatch`` must not (the core dependency is the API only)."""
         if name == "keep_stalls":
-            from .trace_sampling import keep_stalls
-
+            try:
+                from .trace_sampling import keep_stalls
+            except ModuleNotFoundError as error:
+                raise ImportError(
+                    "loopwatch.keep_stalls wraps an OpenTelemetry SDK sampler and needs "
+                    "opentelemetry-sdk: pip install 'loopwatch[sdk]'"
+                ) from error
             return keep_stalls
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

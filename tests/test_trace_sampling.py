@@ -32,6 +32,7 @@ from loopwatch.trace_sampling import LOOPWATCH_SPAN_NAMES
 from . import workloads
 from .conftest import Telemetry
 from .middleware.server import REPO_ROOT, child_environ, venv_script
+from .middleware.test_zero_code import HAVE_DISTRO
 
 Run = Callable[[Callable[[], Awaitable[Any]]], Any]
 
@@ -221,6 +222,7 @@ PRINT_SAMPLER = (
 )
 
 
+@pytest.mark.skipif(not HAVE_DISTRO, reason="needs opentelemetry-distro (SDK set up by env)")
 @pytest.mark.parametrize(
     ("argument", "expected"), [("0.01", "TraceIdRatioBased{0.01}"), ("1%", "{1.0}")]
 )
@@ -241,3 +243,28 @@ def test_opentelemetry_instrument_builds_the_env_sampler(argument: str, expected
     assert expected in done.stdout
     bad = "is not a sampling ratio for OTEL_TRACES_SAMPLER=loopwatch_parentbased_traceidratio"
     assert (bad in done.stderr) == (argument == "1%"), done.stderr
+
+
+LAZY_IMPORT = """
+import sys
+import loopwatch
+assert not [name for name in sys.modules if name.startswith("opentelemetry.sdk")]
+sys.modules["opentelemetry.sdk"] = None  # as if opentelemetry-sdk were not installed
+try:
+    loopwatch.keep_stalls
+except ImportError as error:
+    print(error)
+"""
+
+
+def test_import_loopwatch_does_not_import_the_sdk() -> None:
+    """The core depends on the API only; keep_stalls says what to install without the SDK."""
+    done = subprocess.run(
+        [venv_script("python"), "-c", LAZY_IMPORT],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "needs opentelemetry-sdk: pip install 'loopwatch[sdk]'" in done.stdout, done.stderr

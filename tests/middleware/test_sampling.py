@@ -41,7 +41,7 @@ from .server import (
     serve_in_thread,
     wait_http_ok,
 )
-from .test_zero_code import console_spans, instrumented_uvicorn, zero_code_environ
+from .test_zero_code import HAVE_DISTRO, console_spans, instrumented_uvicorn, zero_code_environ
 
 RATIO = 0.05
 STALLS = 60
@@ -151,6 +151,7 @@ def test_keep_stalls_in_code(otel: Otel, fastapi_app: Callable[..., FastAPI]) ->
     assert_done(result)
 
 
+@pytest.mark.skipif(not HAVE_DISTRO, reason="needs opentelemetry-distro (SDK set up by env)")
 def test_env_sampler_under_opentelemetry_instrument(tmp_path: Path) -> None:
     """``OTEL_TRACES_SAMPLER=loopwatch_parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.05
     opentelemetry-instrument uvicorn`` on an app with no loopwatch code."""
