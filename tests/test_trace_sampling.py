@@ -268,3 +268,20 @@ def test_import_loopwatch_does_not_import_the_sdk() -> None:
         check=True,
     )
     assert "needs opentelemetry-sdk: pip install 'loopwatch[sdk]'" in done.stdout, done.stderr
+
+
+def test_a_self_built_tracer_provider_knows_only_the_sdks_names(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As the README says: ``TracerProvider()`` does not look up sampler entry points (the
+    SDK's configurator does), so it samples every trace; if an SDK release changes that,
+    this fails and the README's advice (pass ``keep_stalls`` there) needs updating."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "loopwatch_parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.05")
+    provider = TracerProvider()
+    try:
+        description = provider.sampler.get_description()
+    finally:
+        provider.shutdown()
+    assert description.startswith("ParentBased{root:AlwaysOnSampler")
+    assert "Couldn't recognize sampler loopwatch_parentbased_traceidratio" in caplog.text
