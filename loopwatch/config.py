@@ -233,8 +233,8 @@ def _settle_durations(values: dict[str, Any], sources: Mapping[str, str]) -> Non
     """Fill in the defaults that follow the threshold, and check the durations together.
 
     Only a duration the user set is blamed: a default that follows the threshold always
-    fits it (the interval is at most 0.5 ms, half the smallest threshold; ``dump_after``
-    at least twice the threshold)."""
+    fits it (the interval is a twentieth of the threshold, or 0.5 ms, half the smallest
+    threshold; ``dump_after`` at least twice the threshold)."""
     threshold = values.get("threshold", Config.threshold)
     interval = values.setdefault("interval", default_interval(threshold))
     dump_after = values.setdefault("dump_after", default_dump_after(threshold))

@@ -148,9 +148,19 @@ def test_objects_of_the_wrong_kind_are_rejected_at_construction(option: str) -> 
         loopwatch.LoopWatchMiddleware(_no_app, **{option: 5})  # type: ignore[arg-type]
 
 
-def test_the_middleware_rejects_bad_settings_at_construction() -> None:
-    with pytest.raises(ValueError, match=r"^max_frames=1\.5 is not a whole number"):
-        loopwatch.LoopWatchMiddleware(_no_app, max_frames=1.5)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"max_frames": 1.5}, "max_frames=1.5 is not a whole number"),
+        ({"metrics_port": 9464.5}, "metrics_port=9464.5 is not a port"),
+        ({"metrics_port": 9464, "metrics_addr": 5}, "metrics_addr=5 is not an address"),
+    ],
+)
+def test_the_middleware_rejects_bad_settings_at_construction(
+    options: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(expected)):
+        loopwatch.LoopWatchMiddleware(_no_app, **options)  # type: ignore[arg-type]
 
 
 async def _no_app(scope: object, receive: object, send: object) -> None:
