@@ -26,6 +26,29 @@ A layer that copies the scope copies it too, and the middleware of a mounted app
 finds it leaves the request to the outer one."""
 
 
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+"""The methods ``http.request.method`` may take (OpenTelemetry HTTP conventions); any
+other is ``_OTHER``: the method token comes from the client, and as a metric attribute
+an invented one would make a new series per request."""
+
+OTHER_METHOD = "_OTHER"
+
+MAX_ORIGINAL_METHOD = 64
+"""How much of an unknown method is kept (on the span only) as
+``http.request.method_original``."""
+
+
+def known_method(scope: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The request's method if it is a standard one, else ``_OTHER`` and the original
+    (cut to :data:`MAX_ORIGINAL_METHOD` characters)."""
+    method = scope.get("method")
+    if method in HTTP_METHODS:
+        return method, None
+    return OTHER_METHOD, str(method or "")[:MAX_ORIGINAL_METHOD] or None
+
+
 class Request:
     """One traced HTTP request being served. ``started`` and ``ended`` are
     ``time.monotonic()`` readings (``ended`` is set only if a stall was open when the
@@ -35,13 +58,14 @@ class Request:
     did; the watchdog and the request's own ending may both settle a stall, and the
     first to do so wins (``dict.setdefault`` is atomic).
 
-    ``method`` and ``route`` are copied from the scope by the watchdog when it finds the
-    request there. The request does not reference its scope (which would keep the scope
-    alive as long as the request), and the middleware takes it out of the scope when the
-    request ends.
+    ``method`` (a standard method or ``_OTHER``, see :func:`known_method`),
+    ``method_original`` (an unknown method as sent) and ``route`` are copied from the
+    scope by the watchdog when it finds the request there. The request does not reference
+    its scope (which would keep the scope alive as long as the request), and the
+    middleware takes it out of the scope when the request ends.
     """
 
-    __slots__ = ("ended", "method", "route", "span", "stall_delays", "started")
+    __slots__ = ("ended", "method", "method_original", "route", "span", "stall_delays", "started")
 
     def __init__(self, span: trace.Span) -> None:
         self.span = span
@@ -49,11 +73,12 @@ class Request:
         self.ended: float | None = None
         self.stall_delays: dict[int, float] | None = None
         self.method = ""
+        self.method_original: str | None = None
         self.route: str | None = None
 
     def described_by(self, scope: Mapping[str, Any]) -> Request:
         """This request, with its method and route template copied from ``scope``."""
-        self.method, self.route = RequestSummary.of(scope)
+        self.method, self.route, self.method_original = RequestSummary.of(scope)
         return self
 
     @property
@@ -95,15 +120,18 @@ def route_template(route: object) -> str | None:
 
 
 class RequestSummary(NamedTuple):
-    """A request found by its ASGI scope (none of its own was kept): its method and route
-    template, copied when it was found; the scope is not kept."""
+    """A request found by its ASGI scope (none of its own was kept): its method (see
+    :func:`known_method`) and route template, copied when it was found; the scope is not
+    kept."""
 
     method: str
     route: str | None
+    method_original: str | None = None
 
     @classmethod
     def of(cls, scope: Mapping[str, Any]) -> RequestSummary:
-        return cls(str(scope.get("method") or ""), route_template(scope.get("route")))
+        method, original = known_method(scope)
+        return cls(method, route_template(scope.get("route")), original)
 
 
 AnyRequest: TypeAlias = Request | RequestSummary

@@ -79,9 +79,7 @@ class LoopWatchMiddleware:
             "report_per_minute": report_per_minute,
             "measure_utilization": measure_utilization,
         }
-        self._enabled = resolve_config(
-            **{k: v for k, v in self._options.items() if k not in _OBJECT_OPTIONS}
-        ).enabled
+        self._enabled = resolve_config(**self._options).enabled
         self._metrics_server = requested_server(metrics_port, metrics_addr)
         self._watchers: dict[asyncio.AbstractEventLoop, LoopWatch | None] = {}
         # The watchers that lifespan start-ups started, by the thread of their loop, from
@@ -262,8 +260,6 @@ def _may_complete(message: Message) -> bool:
 
 _NOT_STARTED: Any = object()
 """Marks a loop this middleware has not acquired a watcher for yet."""
-
-_OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block"})
 
 
 _fallback_provider: metrics.MeterProvider | None = None

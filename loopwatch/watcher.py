@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -52,6 +53,9 @@ class LoopWatch:
         measure_utilization: bool | None = None,
     ) -> None:
         self.config: Config = resolve_config(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            on_block=on_block,
             threshold=threshold,
             interval=interval,
             enabled=enabled,
@@ -63,8 +67,6 @@ class LoopWatch:
             report_per_minute=report_per_minute,
             measure_utilization=measure_utilization,
         )
-        if on_block is not None and not callable(on_block):
-            raise TypeError(f"on_block={on_block!r} must be a callable taking a BlockEvent")
         self.inflight = InflightRequests()
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
@@ -101,8 +103,8 @@ class LoopWatch:
                 return self
             if loop.is_closed():
                 raise RuntimeError("cannot watch a closed event loop")
-            self._loop = loop
             self._parts = _Running(self, loop)
+            self._loop = loop
         return self
 
     def stop(self) -> None:
@@ -143,49 +145,61 @@ class LoopWatch:
 
 
 class _Running:
-    """The parts of a started watcher, wired together; undone by :meth:`stop`."""
+    """The parts of a started watcher, wired together; undone by :meth:`stop`.
+
+    If wiring fails half-way (a provider that raises), what was already acquired (the
+    dead man's timer descriptor, the GC clock, the heartbeat) is released before the
+    error propagates: a failed start leaves nothing behind."""
 
     def __init__(self, owner: LoopWatch, loop: asyncio.AbstractEventLoop) -> None:
         config = owner.config
         wake = threading.Event()
-        self.metrics = metrics_for(owner._meter_provider)
-        utilization = UtilizationClock() if config.measure_utilization else None
-        self.gauges = LoopGauges(
-            lambda: self.heartbeat.thread_name,
-            self.metrics.delay,
-            lambda: self.watchdog.ongoing_stall_seconds,
-            utilization,
-        )
-        self.deadman = DeadManSwitch.create(detection_delay(config))
-        self.heartbeat = Heartbeat(
-            loop,
-            config.interval,
-            wake,
-            self.gauges.record_ticks,
-            self.deadman,
-        )
-        self.reporter = Reporter(
-            config,
-            self.heartbeat,
-            self.metrics,
-            owner._tracer_provider,
-            owner._on_block,
-        )
-        self.watchdog = Watchdog(
-            loop,
-            self.heartbeat,
-            config,
-            self.reporter,
-            wake,
-            owner._watchdog_exited,
-            owner.inflight,
-            utilization,
-            self.deadman,
-        )
-        self.metrics.add_loop(self.gauges)
-        GC_CLOCK.acquire()
-        self.heartbeat.start()
-        self.watchdog.start()
+        with contextlib.ExitStack() as undo:
+            self.metrics = metrics_for(owner._meter_provider)
+            utilization = UtilizationClock() if config.measure_utilization else None
+            self.gauges = LoopGauges(
+                lambda: self.heartbeat.thread_name,
+                self.metrics.delay,
+                lambda: self.watchdog.ongoing_stall_seconds,
+                utilization,
+            )
+            self.deadman = DeadManSwitch.create(detection_delay(config))
+            if self.deadman is not None:
+                undo.callback(self.deadman.close)
+            self.heartbeat = Heartbeat(
+                loop,
+                config.interval,
+                wake,
+                self.gauges.record_ticks,
+                self.deadman,
+            )
+            self.reporter = Reporter(
+                config,
+                self.heartbeat,
+                self.metrics,
+                owner._tracer_provider,
+                owner._on_block,
+            )
+            undo.callback(self.reporter.close)
+            self.watchdog = Watchdog(
+                loop,
+                self.heartbeat,
+                config,
+                self.reporter,
+                wake,
+                owner._watchdog_exited,
+                owner.inflight,
+                utilization,
+                self.deadman,
+            )
+            self.metrics.add_loop(self.gauges)
+            undo.callback(self.metrics.remove_loop, self.gauges)
+            GC_CLOCK.acquire()
+            undo.callback(GC_CLOCK.release)
+            self.heartbeat.start()
+            undo.callback(self.heartbeat.stop, record_pending=False)
+            self.watchdog.start()
+            undo.pop_all()  # started: stop() releases it all from now on
 
     def stop(self) -> None:
         self.watchdog.stop()

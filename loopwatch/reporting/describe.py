@@ -21,6 +21,8 @@ class Description:
     event: BlockEvent
     stack_truncated: bool
     resumed_in: FrameInfo | None
+    method_original: str | None = None
+    """An unknown HTTP method as sent (``event.http_method`` is then ``_OTHER``)."""
 
     @property
     def culprit_key(self) -> str:
@@ -58,6 +60,8 @@ class Description:
             attributes["http.route"] = event.http_route
         if event.http_method:
             attributes["http.request.method"] = event.http_method
+        if self.method_original:
+            attributes["http.request.method_original"] = self.method_original
         attributes["loopwatch.delayed_requests"] = event.delayed_requests
         return attributes
 
@@ -101,4 +105,5 @@ def describe(
         http_method=request.method if request else None,
         delayed_requests=delayed_requests,
     )
-    return Description(event, truncated, resumed_in)
+    method_original = request.method_original if request else None
+    return Description(event, truncated, resumed_in, method_original)
