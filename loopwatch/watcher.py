@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
+from time import monotonic
 from types import TracebackType
 
 from opentelemetry import metrics, trace
@@ -15,12 +16,19 @@ from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat
 from .inflight import InflightRequests
+from .reporting import worker
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
 from .utilization import UtilizationClock
 from .watchdog import Watchdog, detection_delay
 
 logger = logging.getLogger("loopwatch")
+
+STOP_TIMEOUT = 1.0
+"""The longest :meth:`LoopWatch.stop` takes: it ends the watchdog thread (which never
+waits on reporting, so this is quick) and then waits for reports still queued (spans,
+logs, hooks) up to what is left; a report stuck longer (a hanging exporter) goes on in
+its channel's thread."""
 
 
 class LoopWatch:
@@ -105,12 +113,20 @@ class LoopWatch:
             self._parts = _Running(self, loop)
         return self
 
-    def stop(self) -> None:
-        """Stop watching; joins the watchdog thread. Does nothing if not started."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop watching: end the watchdog thread and wait for queued reports, within
+        ``timeout`` seconds in all (also on the loop's own thread). Does nothing if not
+        started."""
         with self._lock:
             parts, self._parts = self._parts, None
         if parts is not None:
-            parts.stop()
+            parts.stop(monotonic() + timeout)
+
+    @staticmethod
+    def flush(timeout: float = STOP_TIMEOUT) -> bool:
+        """Wait up to ``timeout`` seconds for the stalls reported so far to reach their
+        spans, logs and hooks (which run off the watchdog thread); whether they did."""
+        return worker.flush(timeout)
 
     def _watchdog_exited(self, error: BaseException | None) -> None:
         """The loop closed without ``stop()`` (or the watchdog failed): tear down quietly."""
@@ -187,11 +203,12 @@ class _Running:
         self.heartbeat.start()
         self.watchdog.start()
 
-    def stop(self) -> None:
-        self.watchdog.stop()
+    def stop(self, deadline: float) -> None:
+        self.watchdog.stop(max(0.0, deadline - monotonic()))
         self.heartbeat.stop()
         if self.deadman is not None:
             self.deadman.close()
         self.reporter.close()
         self.metrics.remove_loop(self.gauges)
         GC_CLOCK.release()
+        worker.flush(max(0.0, deadline - monotonic()))
