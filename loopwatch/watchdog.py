@@ -129,6 +129,10 @@ class Watchdog:
             self._deadman.reset(self._deadman.delay)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout: float) -> None:
         """Ask the thread to end and wait for it (not from the watchdog thread itself)."""
         self._stopping.set()
@@ -153,6 +157,8 @@ class Watchdog:
         self._inflight.open_stall = None
         if self._schedstat is not None:
             self._schedstat.close()
+        if self._deadman is not None:  # closed by its only waiter (stop() may not wait)
+            self._deadman.close()
         if not self._stopping.is_set():  # the loop closed, or an internal error
             self._on_exit(error)
         elif error is not None:

@@ -95,13 +95,9 @@ class LoopWatch:
         if not self.config.enabled:
             return self
         if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                raise RuntimeError(
-                    "LoopWatch.start() needs a loop: call it from a coroutine, "
-                    "or pass the loop: start(loop)"
-                ) from None
+            loop = running_asyncio_loop("LoopWatch.start()")
+        elif not isinstance(loop, asyncio.AbstractEventLoop):
+            raise TypeError(f"LoopWatch.start(loop={loop!r}): loop must be an asyncio event loop")
         with self._lock:
             if self._parts is not None:
                 if loop is not self._loop:
@@ -143,7 +139,7 @@ class LoopWatch:
                 parts.deadman.close()
 
     async def __aenter__(self) -> LoopWatch:
-        return self.start(asyncio.get_running_loop())
+        return self.start()
 
     async def __aexit__(
         self,
@@ -156,6 +152,18 @@ class LoopWatch:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<LoopWatch {state} threshold={self.config.threshold:g}s>"
+
+
+def running_asyncio_loop(caller: str) -> asyncio.AbstractEventLoop:
+    """The running asyncio loop, or an error that says what ``caller`` needs."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{caller} found no running asyncio event loop: loopwatch watches asyncio "
+            "loops only (not trio or curio). Call it from a coroutine running on an "
+            f"asyncio loop, or pass the loop to {caller}"
+        ) from None
 
 
 class _Running:
@@ -206,7 +214,7 @@ class _Running:
     def stop(self, deadline: float) -> None:
         self.watchdog.stop(max(0.0, deadline - monotonic()))
         self.heartbeat.stop()
-        if self.deadman is not None:
+        if self.deadman is not None and not self.watchdog.alive:  # else it closes it
             self.deadman.close()
         self.reporter.close()
         self.metrics.remove_loop(self.gauges)
