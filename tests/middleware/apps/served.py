@@ -3,7 +3,8 @@
 ``metrics_port`` comes from ``MIDDLEWARE_TEST_METRICS_PORT`` when set (the option), else
 loopwatch reads ``LOOPWATCH_METRICS_PORT`` itself. ``MIDDLEWARE_TEST_SDK_METER_PROVIDER=1``
 installs a global SDK ``MeterProvider`` without readers first, as ``opentelemetry-instrument``
-does with ``OTEL_METRICS_EXPORTER=none``.
+does with ``OTEL_METRICS_EXPORTER=none``. ``MIDDLEWARE_TEST_TRACED=1`` traces the requests
+(an SDK ``TracerProvider`` without exporter, and FastAPI's instrumentor).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import time
 
 from fastapi import FastAPI
 from opentelemetry import metrics
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
 
 from loopwatch import instrument_app
 
@@ -21,6 +24,8 @@ if os.environ.get("MIDDLEWARE_TEST_SDK_METER_PROVIDER") == "1":
     metrics.set_meter_provider(MeterProvider())
 
 app = FastAPI()
+if os.environ.get("MIDDLEWARE_TEST_TRACED") == "1":
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=TracerProvider())
 instrument_app(
     app,
     threshold=0.1,
