@@ -160,9 +160,9 @@ def running_asyncio_loop(caller: str) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
     except RuntimeError:
         raise RuntimeError(
-            f"{caller} found no running asyncio event loop: loopwatch watches asyncio "
-            "loops only (not trio or curio). Call it from a coroutine running on an "
-            f"asyncio loop, or pass the loop to {caller}"
+            f"{caller} found no running asyncio event loop (loopwatch watches asyncio "
+            "loops only, not trio or curio): call it from a coroutine, or pass the loop "
+            f"to {caller}"
         ) from None
 
 

@@ -294,3 +294,67 @@ def test_flush_waits_for_reports(telemetry: Telemetry) -> None:
             assert len(span_windows(telemetry)) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_full_channel_drops_instead_of_blocking() -> None:
+    """A channel whose thread is stuck refuses what does not fit, at once; ``flush``
+    gives up at its timeout, and succeeds once the thread is free again."""
+    from loopwatch.reporting.worker import Channel
+
+    release = threading.Event()
+    channel = Channel("test", capacity=2)
+    assert channel.submit(lambda: release.wait(10.0) and None)
+    time.sleep(0.05)  # the thread took the first job: two more fit
+    assert channel.submit(lambda: None)
+    assert channel.submit(lambda: None)
+    began = time.perf_counter()
+    assert not channel.submit(lambda: None)
+    assert not channel.flush(0.1)
+    assert time.perf_counter() - began < 0.5
+    release.set()
+    assert channel.flush(5.0)
+
+
+class GatedProcessor(SimpleSpanProcessor):
+    """Exports each span once ``gate`` opens (an exporter stuck until then)."""
+
+    def __init__(self, exporter: Any, gate: threading.Event) -> None:
+        super().__init__(exporter)
+        self.gate = gate
+
+    def on_end(self, span: Any) -> None:
+        self.gate.wait(10.0)
+        super().on_end(span)
+
+
+def test_reports_a_full_queue_dropped_are_counted(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spans queue behind a stuck export, one at most: the stalls whose span did not fit
+    are counted by the metric, and on the next span once the export is free again."""
+    from loopwatch.reporting import worker
+
+    monkeypatch.setattr(worker, "_channels", {})  # fresh channels, one report each
+    monkeypatch.setattr(worker, "CAPACITY", 1)
+    gate = threading.Event()
+    provider = TracerProvider()
+    provider.add_span_processor(GatedProcessor(telemetry.spans, gate))
+
+    async def scenario() -> None:
+        async with loopwatch.LoopWatch(
+            THRESHOLD, tracer_provider=provider, meter_provider=telemetry.meter_provider
+        ) as watcher:
+            await asyncio.sleep(0.1)
+            for stall in range(5):
+                if stall == 4:  # the first span is stuck, the second waits, two dropped
+                    gate.set()
+                    assert watcher.flush(5.0)
+                workloads.nap(0.2)
+                await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    dropped = telemetry.metrics()["loopwatch.reports.dropped"]
+    assert {dict(p.attributes)["loopwatch.channel"]: p.value for p in dropped}["spans"] == 2
+    last = max(telemetry.blocked_spans(), key=lambda span: span.start_time or 0)
+    assert (last.attributes or {}).get("loopwatch.reports.dropped") == 2
+    assert len(telemetry.blocked_spans()) == 3

@@ -103,7 +103,7 @@ def channel(name: str) -> Channel:
     found = _channels.get(name)
     if found is None:
         with _lock:
-            found = _channels.setdefault(name, Channel(name))
+            found = _channels.setdefault(name, Channel(name, CAPACITY))
     return found
 
 
