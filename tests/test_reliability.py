@@ -358,3 +358,28 @@ def test_reports_a_full_queue_dropped_are_counted(
     last = max(telemetry.blocked_spans(), key=lambda span: span.start_time or 0)
     assert (last.attributes or {}).get("loopwatch.reports.dropped") == 2
     assert len(telemetry.blocked_spans()) == 3
+
+
+def test_a_hook_may_stop_its_watcher() -> None:
+    """``stop()`` from the hook (on the hooks thread) does not wait for itself."""
+    took: list[float] = []
+
+    def stop_at_the_end(event: loopwatch.BlockEvent) -> None:
+        if not event.ongoing:
+            began = time.perf_counter()
+            watcher.stop()
+            took.append(time.perf_counter() - began)
+
+    watcher = loopwatch.LoopWatch(THRESHOLD, on_block=stop_at_the_end)
+
+    async def scenario() -> None:
+        watcher.start()
+        await asyncio.sleep(0.1)
+        workloads.nap(0.2)
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert loopwatch.LoopWatch.flush(5.0)
+    assert len(took) == 1
+    assert took[0] < 0.5
+    assert not watcher.running

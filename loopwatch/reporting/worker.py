@@ -65,7 +65,10 @@ class Channel:
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the jobs queued so far to be done; whether
-        they were."""
+        they were. From the channel's own thread (a hook that stops its watcher) it
+        cannot wait for itself: it returns at once."""
+        if threading.current_thread() is self._thread:
+            return False
         deadline = monotonic() + timeout
         with self._ready:
             target = self._submitted
