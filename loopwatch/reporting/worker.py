@@ -86,8 +86,8 @@ class Channel:
                 job = self._jobs.popleft()
             try:
                 job()
-            except Exception:  # a report failing must not end the channel
-                if not self._failed:
+            except BaseException:  # a report failing (a hook calling sys.exit() too)
+                if not self._failed:  # must not end the channel
                     self._failed = True
                     logger.exception(
                         "loopwatch %s report failed; later errors are not logged", self.name
