@@ -27,7 +27,6 @@ logger = logging.getLogger("loopwatch")
 SPANS = "spans"
 LOGS = "logs"
 HOOKS = "hooks"
-CHANNELS = (SPANS, LOGS, HOOKS)
 
 CAPACITY = 256
 """Reports a channel holds while its thread is busy (128 stalls' start and end)."""
