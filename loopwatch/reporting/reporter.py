@@ -9,10 +9,9 @@ their own :mod:`.worker` channels, from a copy of the stall taken when it was re
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
-from functools import cached_property, partial
+from functools import partial
 from time import monotonic
 
 from opentelemetry import trace
@@ -22,12 +21,12 @@ from .. import dump
 from ..config import Config
 from ..events import BlockEvent
 from ..heartbeat import Heartbeat, Tick
-from ..inflight import NOTHING_IN_FLIGHT, AnyRequest, victims
+from ..inflight import NOTHING_IN_FLIGHT, victims
 from ..ratelimit import RateLimiter
 from ..stall import Stall
 from ..watchdog import StallListener
 from . import worker
-from .describe import Description, describe
+from .describe import StallReport
 from .logs import log_stall
 from .metrics import LoopMetrics
 from .spans import SpanReporter
@@ -35,37 +34,6 @@ from .spans import SpanReporter
 logger = logging.getLogger("loopwatch")
 
 BlockHook = Callable[[BlockEvent], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class StallReport:
-    """A stall as it was when reported: a copy the watchdog no longer changes."""
-
-    stall: Stall
-    config: Config
-    thread: tuple[int, str]
-    request: AnyRequest | None
-    delayed_requests: int = 0
-    now: float | None = None
-
-    @classmethod
-    def of(
-        cls,
-        stall: Stall,
-        config: Config,
-        thread: tuple[int, str],
-        delayed_requests: int = 0,
-        now: float | None = None,
-    ) -> StallReport:
-        frozen = dataclasses.replace(stall, samples=list(stall.samples), in_flight=None)
-        return cls(frozen, config, thread, frozen.request, delayed_requests, now)
-
-    @cached_property
-    def description(self) -> Description:
-        """Described on first use, off the watchdog thread (reads source lines)."""
-        return describe(
-            self.stall, self.config, self.thread, self.request, self.delayed_requests, now=self.now
-        )
 
 
 class Reporter(StallListener):

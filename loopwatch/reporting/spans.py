@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -11,9 +9,7 @@ from .._version import __version__
 from ..config import Config
 from ..ratelimit import RateLimiter
 from ..timebase import epoch_ns
-
-if TYPE_CHECKING:
-    from .reporter import StallReport
+from .describe import StallReport
 
 MAX_LINKS = 32
 
