@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from websockets.sync.client import connect
 
 with warnings.catch_warnings():  # Starlette's notice that its client prefers httpx2
     warnings.simplefilter("ignore")
@@ -36,8 +37,8 @@ UNWATCHED = "requests pass through unwatched"
 
 @pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
 def test_trio_server_passes_requests_through(traced: bool, tmp_path: Path) -> None:
-    """hypercorn's trio worker: lifespan and every request pass through; one line says
-    why the app is not watched, and nothing raises."""
+    """hypercorn's trio worker: lifespan, every request and a websocket pass through; one
+    line says why the app is not watched, and nothing raises."""
     port = free_port()
     argv = python_module(
         "hypercorn",
@@ -55,8 +56,12 @@ def test_trio_server_passes_requests_through(traced: bool, tmp_path: Path) -> No
             httpx.get(f"{url}/block?seconds=0.01", timeout=HTTP_TIMEOUT_S).status_code
             for _ in range(REQUESTS)
         ]
+        with connect(f"ws://127.0.0.1:{port}/echo", open_timeout=HTTP_TIMEOUT_S) as websocket:
+            websocket.send("hello")
+            echoed = websocket.recv(timeout=HTTP_TIMEOUT_S)
         output = server.output()
     assert statuses == [200] * REQUESTS, output
+    assert echoed == "hello", output
     assert "Traceback" not in output, output
     assert output.count(UNWATCHED) == 1, output
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from opentelemetry import metrics
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
@@ -47,3 +47,10 @@ async def health() -> dict[str, int]:
 async def block(seconds: float = 0.4) -> dict[str, float]:
     blocking_call(seconds)
     return {"blocked": seconds}
+
+
+@app.websocket("/echo")
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text(await websocket.receive_text())
+    await websocket.close()
