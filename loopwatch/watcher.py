@@ -7,6 +7,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
+from time import monotonic
 from types import TracebackType
 
 from opentelemetry import metrics, trace
@@ -16,12 +17,19 @@ from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat
 from .inflight import InflightRequests
+from .reporting import worker
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
 from .utilization import UtilizationClock
 from .watchdog import Watchdog, detection_delay
 
 logger = logging.getLogger("loopwatch")
+
+STOP_TIMEOUT = 1.0
+"""The longest :meth:`LoopWatch.stop` takes: it ends the watchdog thread (which never
+waits on reporting, so this is quick) and then waits for reports still queued (spans,
+logs, hooks) up to what is left; a report stuck longer (a hanging exporter) goes on in
+its channel's thread."""
 
 
 class LoopWatch:
@@ -89,13 +97,9 @@ class LoopWatch:
         if not self.config.enabled:
             return self
         if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                raise RuntimeError(
-                    "LoopWatch.start() needs a loop: call it from a coroutine, "
-                    "or pass the loop: start(loop)"
-                ) from None
+            loop = running_asyncio_loop("LoopWatch.start()")
+        elif not isinstance(loop, asyncio.AbstractEventLoop):
+            raise TypeError(f"LoopWatch.start(loop={loop!r}): loop must be an asyncio event loop")
         with self._lock:
             if self._parts is not None:
                 if loop is not self._loop:
@@ -107,12 +111,20 @@ class LoopWatch:
             self._loop = loop
         return self
 
-    def stop(self) -> None:
-        """Stop watching; joins the watchdog thread. Does nothing if not started."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop watching: end the watchdog thread and wait for queued reports, within
+        ``timeout`` seconds in all (also on the loop's own thread). Does nothing if not
+        started."""
         with self._lock:
             parts, self._parts = self._parts, None
         if parts is not None:
-            parts.stop()
+            parts.stop(monotonic() + timeout)
+
+    @staticmethod
+    def flush(timeout: float = STOP_TIMEOUT) -> bool:
+        """Wait up to ``timeout`` seconds for the stalls reported so far to reach their
+        spans, logs and hooks (which run off the watchdog thread); whether they did."""
+        return worker.flush(timeout)
 
     def _watchdog_exited(self, error: BaseException | None) -> None:
         """The loop closed without ``stop()`` (or the watchdog failed): tear down quietly."""
@@ -129,7 +141,7 @@ class LoopWatch:
                 parts.deadman.close()
 
     async def __aenter__(self) -> LoopWatch:
-        return self.start(asyncio.get_running_loop())
+        return self.start()
 
     async def __aexit__(
         self,
@@ -142,6 +154,18 @@ class LoopWatch:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<LoopWatch {state} threshold={self.config.threshold:g}s>"
+
+
+def running_asyncio_loop(caller: str) -> asyncio.AbstractEventLoop:
+    """The running asyncio loop, or an error that says what ``caller`` needs."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{caller} found no running asyncio event loop (loopwatch watches asyncio "
+            "loops only, not trio or curio): call it from a coroutine, or pass the loop "
+            f"to {caller}"
+        ) from None
 
 
 class _Running:
@@ -201,11 +225,12 @@ class _Running:
             self.watchdog.start()
             undo.pop_all()  # started: stop() releases it all from now on
 
-    def stop(self) -> None:
-        self.watchdog.stop()
+    def stop(self, deadline: float) -> None:
+        self.watchdog.stop(max(0.0, deadline - monotonic()))
         self.heartbeat.stop()
-        if self.deadman is not None:
+        if self.deadman is not None and not self.watchdog.alive:  # else it closes it
             self.deadman.close()
         self.reporter.close()
         self.metrics.remove_loop(self.gauges)
         GC_CLOCK.release()
+        worker.flush(max(0.0, deadline - monotonic()))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 
 from opentelemetry.util.types import AttributeValue
 
@@ -107,3 +109,34 @@ def describe(
     )
     method_original = request.method_original if request else None
     return Description(event, truncated, resumed_in, method_original)
+
+
+@dataclasses.dataclass(frozen=True)
+class StallReport:
+    """A stall as it was when reported: a copy the watchdog no longer changes."""
+
+    stall: Stall
+    config: Config
+    thread: tuple[int, str]
+    request: AnyRequest | None
+    delayed_requests: int = 0
+    now: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        stall: Stall,
+        config: Config,
+        thread: tuple[int, str],
+        delayed_requests: int = 0,
+        now: float | None = None,
+    ) -> StallReport:
+        frozen = dataclasses.replace(stall, samples=list(stall.samples), in_flight=None)
+        return cls(frozen, config, thread, frozen.request, delayed_requests, now)
+
+    @cached_property
+    def description(self) -> Description:
+        """Described on first use, off the watchdog thread (reads source lines)."""
+        return describe(
+            self.stall, self.config, self.thread, self.request, self.delayed_requests, now=self.now
+        )
