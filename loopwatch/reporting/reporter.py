@@ -17,6 +17,7 @@ from ..inflight import NOTHING_IN_FLIGHT, victims
 from ..ratelimit import RateLimiter
 from ..stall import Stall
 from ..watchdog import StallListener
+from .correlation import span_context
 from .describe import Description, describe
 from .logs import log_stall
 from .metrics import LoopMetrics
@@ -56,14 +57,16 @@ class Reporter(StallListener):
         allowed, dropped = self._limiter.allow(description.culprit_key)
         self._reported[id(stall)] = (allowed, dropped)
         if allowed:
-            log_stall(description, ongoing=True, dropped_reports=dropped)
+            log_stall(description, ongoing=True, dropped_reports=dropped, span=stall.span)
         self._call_hook(description.event)
 
     def on_stall_ended(self, stall: Stall, before: Tick, after: Tick) -> None:
         dump.disarm(self)
         end = stall.end if stall.end is not None else after.ran
         request = stall.request
-        self._metrics.block_duration.record(end - stall.start, self._metric_attributes(stall))
+        self._metrics.block_duration.record(
+            end - stall.start, self._metric_attributes(stall), context=span_context(stall.span)
+        )
         if stall.suppressed:
             self._reported.pop(id(stall), None)
             return
@@ -74,15 +77,19 @@ class Reporter(StallListener):
         delayed_count = len(delayed) + in_flight.untracked
         description = describe(stall, self._config, self._thread(), request, delayed_count)
         decision = self._reported.pop(id(stall), None)
+        unlogged = decision is None
         if decision is None:
             decision = self._limiter.allow(description.culprit_key)
-            if decision[0]:
-                log_stall(description, ongoing=False, dropped_reports=decision[1])
         allowed, dropped = decision
         if allowed:
             delayed_spans = [victim.span for victim in delayed]
             delayed_spans += in_flight.untracked_spans
-            self._spans.emit(description, stall.span, stall.start, end, delayed_spans, dropped)
+            span = self._spans.emit(
+                description, stall.span, stall.start, end, delayed_spans, dropped
+            )
+            if unlogged:  # not seen live: the line comes now, with loop.blocked's context
+                own = span if span.get_span_context().is_valid else stall.span
+                log_stall(description, ongoing=False, dropped_reports=dropped, span=own)
         self._call_hook(description.event)
 
     def close(self) -> None:

@@ -28,9 +28,9 @@ class SpanReporter:
         end: float,
         delayed: list[trace.Span],
         dropped_reports: int,
-    ) -> None:
-        """Create the span for a finished stall; ``start``/``end`` are monotonic seconds;
-        ``delayed`` are spans of the requests it held up, to link."""
+    ) -> trace.Span:
+        """Create the span for a finished stall and return it (ended); ``start``/``end``
+        are monotonic seconds; ``delayed`` are spans of the requests it held up, to link."""
         links: list[trace.Link] = []
         if parent is not None and parent.get_span_context().trace_flags.sampled:
             context = trace.set_span_in_context(parent)
@@ -54,3 +54,4 @@ class SpanReporter:
             start_time=epoch_ns(start),
         )
         span.end(end_time=epoch_ns(end))
+        return span
