@@ -26,9 +26,13 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
-from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import InMemoryLogExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+from loopwatch import BlockEvent
+from loopwatch.reporting.describe import Description
+from loopwatch.reporting.logs import log_stall
 
 from .apps.inprocess import Probe, Providers, build_fastapi, culprit_name
 from .conftest import Otel
@@ -154,3 +158,35 @@ def test_stall_log_and_exemplar_carry_the_request_trace_id(
     ]
     assert len(ours) == 1, f"exemplars: {[point.exemplars for point in points]}"
     assert STALL_S - 0.1 <= ours[0].as_double <= STALL_S + 2.0
+
+
+@pytest.mark.filterwarnings("ignore:.*LoggingHandler.*:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Use InMemoryLogRecordExporter:DeprecationWarning")
+def test_a_line_logged_at_the_end_carries_the_span_it_is_given(otel: Otel) -> None:
+    """A stall first reported when it ended is logged with its ``loop.blocked`` span
+    current; without a span, the record has no trace context (none leaks in)."""
+    exporter = InMemoryLogExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    handler = LoggingHandler(logger_provider=logger_provider)
+    logging.getLogger("loopwatch").addHandler(handler)
+    event = BlockEvent(
+        start=0.0, end=0.5, duration=0.5, cause="cpu", culprit=None, offender=None, stack="",
+        samples=0, task_name=None, thread_id=1, thread_name="MainThread",
+    )  # fmt: skip
+    description = Description(event, stack_truncated=False, resumed_in=None)
+    tracer = otel.providers.tracer_provider.get_tracer("test")  # type: ignore[union-attr]
+    try:
+        with tracer.start_as_current_span("loop.blocked") as span:
+            pass
+        log_stall(description, ongoing=False, dropped_reports=2, span=span)
+        log_stall(description, ongoing=False, dropped_reports=0)
+    finally:
+        logging.getLogger("loopwatch").removeHandler(handler)
+        logger_provider.shutdown()
+    with_span, without = (data.log_record for data in exporter.get_finished_logs())
+    assert with_span.trace_id == span.get_span_context().trace_id
+    assert with_span.span_id == span.get_span_context().span_id
+    assert dict(with_span.attributes or {})["loopwatch.reports.dropped"] == 2
+    assert dict(with_span.attributes or {})["loopwatch.ongoing"] is False
+    assert not without.trace_id
