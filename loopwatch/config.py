@@ -24,6 +24,7 @@ DEFAULT_SKIP_MODULES: tuple[str, ...] = (
     "starlette",
     "fastapi",
     "anyio",
+    "trio",
     "opentelemetry",
     "loopwatch",
     "concurrent.futures",
