@@ -64,8 +64,16 @@ class TrioLoop:
     def call_soon_threadsafe(
         self, callback: Callable[[], object], *, context: contextvars.Context | None = None
     ) -> None:
-        """Run ``callback`` on the trio thread soon; ``RuntimeError`` once the run ended."""
+        """Run ``callback`` on the trio thread soon; ``RuntimeError`` once the run ended.
+
+        Called on the trio thread, it runs at once: the token's queue runs only when trio
+        schedules its system task (random order, and in guest mode after an I/O wait in
+        another thread), and a heartbeat started by a task must tick before that task's
+        next step, or a stall in it goes unseen."""
         timer = TrioTimer(0.0, callback, context)
+        if threading.get_ident() == self.thread_id and not self._closed:
+            self._guarded(timer)
+            return
         self._token.run_sync_soon(self._guarded, timer)  # RunFinishedError is a RuntimeError
 
     def call_later(
