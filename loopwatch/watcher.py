@@ -99,7 +99,10 @@ class LoopWatch:
         if loop is None:
             loop = running_loop("LoopWatch.start()")
         elif not isinstance(loop, (asyncio.AbstractEventLoop, TrioLoop)):
-            raise TypeError(f"LoopWatch.start(loop={loop!r}): loop must be an asyncio event loop")
+            raise TypeError(
+                f"LoopWatch.start(loop={loop!r}): loop must be an asyncio event loop (or "
+                "omitted, to watch the running asyncio loop or trio run)"
+            )
         with self._lock:
             if self._parts is not None:
                 if loop is not self._loop:
