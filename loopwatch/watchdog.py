@@ -105,6 +105,7 @@ class Watchdog:
         deadman: DeadManSwitch | None = None,
     ) -> None:
         self._loop = loop
+        self._asyncio_loop = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
         self._heartbeat = heartbeat
         self._config = config
         self._listener = listener
@@ -354,7 +355,7 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                stalled_request(thread_id, self._loop),
+                stalled_request(thread_id, self._asyncio_loop),
             )
         )
 
