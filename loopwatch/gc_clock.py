@@ -4,9 +4,9 @@ where each collection on a watched loop's thread began.
 A collection holds the GIL throughout: no sample of the loop can be taken while it lasts,
 and a sample taken after it shows whatever ran next. So the callback notes, when a
 collection starts on a watched thread, the frame that triggered it (an allocation there,
-or a call of ``gc.collect()``): its code object, line and instruction, read from the one
-frame under the callback (no stack walk, nothing formatted). The watchdog turns that into
-the stall's culprit.
+or a call of ``gc.collect()``): its code object, instruction offset and globals, read from
+the one frame under the callback (no stack walk, no line lookup, nothing formatted). The
+watchdog works out the line and module, and turns that into the stall's culprit.
 """
 
 from __future__ import annotations
@@ -32,6 +32,17 @@ class Collection(NamedTuple):
     ended: float | None
 
 
+_Noted = tuple[CodeType, int, dict[str, Any], float, float]
+
+
+def _collection(
+    code: CodeType, lasti: int, module_globals: dict[str, Any], started: float, ended: float | None
+) -> Collection:
+    line = next((line for begin, stop, line in code.co_lines() if begin <= lasti < stop), None)
+    module = module_globals.get("__name__", "?")
+    return Collection(code, line or 0, lasti, module, started, ended)
+
+
 class GcTrigger:
     """The slot the callback writes for one watched thread (on that thread only).
 
@@ -40,17 +51,16 @@ class GcTrigger:
     that follow do not overwrite it).
     """
 
-    __slots__ = ("code", "ended", "lasti", "line", "long", "min_duration", "module", "started")
+    __slots__ = ("code", "ended", "globals", "lasti", "long", "min_duration", "started")
 
     def __init__(self, min_duration: float) -> None:
         self.min_duration = min_duration
         self.code: CodeType | None = None
-        self.line = 0
         self.lasti = 0
-        self.module = ""
+        self.globals: dict[str, Any] = {}
         self.started = 0.0
         self.ended: float | None = None
-        self.long: Collection | None = None
+        self.long: _Noted | None = None
 
     def overlapping(self, start: float, end: float) -> Collection | None:
         """The collection on this thread that overlaps [start, end]: the one going on (or
@@ -58,17 +68,17 @@ class GcTrigger:
         again if the callback was rewriting the fields meanwhile."""
         for _ in range(3):
             started, ended, code = self.started, self.ended, self.code
-            line, lasti, module = self.line, self.lasti, self.module
+            lasti, module_globals = self.lasti, self.globals
             if ended == 0.0 or self.started != started:
                 continue  # a collection began while we read
             long_enough = (
                 ended is not None and ended >= start and ended - started >= self.min_duration
             )
             if code is not None and started <= end and (ended is None or long_enough):
-                return Collection(code, line, lasti, module, started, ended)
+                return _collection(code, lasti, module_globals, started, ended)
             long = self.long
-            if long is not None and long.started <= end and (long.ended or end) >= start:
-                return long
+            if long is not None and long[3] <= end and long[4] >= start:
+                return _collection(*long)
             return None
         return None
 
@@ -97,9 +107,8 @@ class GcClock:
                     return
                 slot.ended = 0.0  # mark the fields as being rewritten
                 slot.code = frame.f_code
-                slot.line = frame.f_lineno or 0
-                slot.lasti = frame.f_lasti
-                slot.module = frame.f_globals.get("__name__", "?")
+                slot.lasti = frame.f_lasti  # the line and module are worked out later
+                slot.globals = frame.f_globals
                 slot.started = now
                 slot.ended = None
         elif self._started is not None:
@@ -108,9 +117,7 @@ class GcClock:
             if slot is not None and slot.ended is None and slot.code is not None:
                 slot.ended = now
                 if now - slot.started >= slot.min_duration:
-                    slot.long = Collection(
-                        slot.code, slot.line, slot.lasti, slot.module, slot.started, now
-                    )
+                    slot.long = (slot.code, slot.lasti, slot.globals, slot.started, now)
 
     def total_at(self, now: float) -> float:
         """``total`` plus the part of a collection still going on (or whose end the

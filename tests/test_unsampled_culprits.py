@@ -171,9 +171,9 @@ def test_a_collection_on_another_loops_thread_names_nothing_on_this_one(
     )
     others = [e for e in other_events if not e.ongoing and e.duration >= 0.5 * took]
     assert others, other_events
-    # Its cause may be gil: its tick can run before the collecting thread's callback has
-    # added the collection to the clock.
-    assert all(e.cause in ("gc", "gil") and e.culprit is None for e in others), others
+    # Its cause may be gil (its tick can run before the collecting thread's callback has
+    # added the collection to the clock), or unscheduled on a starved machine.
+    assert all(e.culprit is None and e.cause != "cpu" for e in others), others
 
 
 def test_a_loop_that_moved_on_before_the_sample_names_no_culprit(
