@@ -21,6 +21,7 @@ import functools
 import os
 import select
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,13 @@ def _itimerspec(seconds: float) -> _ITimerspec:
     """A one-shot expiry ``seconds`` from now."""
     whole = int(seconds)
     return _ITimerspec(it_value=_Timespec(whole, int((seconds - whole) * 1e9)))
+
+
+@functools.cache
+def _libc() -> Any:
+    """libc, loaded once: ``find_library`` runs ``ldconfig`` in a subprocess (3 ms per
+    watcher started, which a new loop per request paid every time)."""
+    return ctypes.PyDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 class DeadManSwitch:
@@ -71,6 +79,7 @@ class DeadManSwitch:
         self._arm = arm
         self.rearm = rearm
         """Restart the countdown: the switch trips ``delay`` seconds from now."""
+        self._closing = threading.Lock()
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
 
@@ -91,7 +100,7 @@ class DeadManSwitch:
         # PyDLL: called with the GIL held (a short system call). os.timerfd_settime (3.13+)
         # releases the GIL, and beside a thread running Python code every tick then waited
         # to get it back: 0.1-0.16 ms per re-arm instead of 1-2 us.
-        libc: Any = ctypes.PyDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = _libc()
         fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_FLAGS)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
@@ -125,5 +134,9 @@ class DeadManSwitch:
         return tripped
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        """Close the descriptor, once (a second close could hit a reused number)."""
+        with self._closing:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)

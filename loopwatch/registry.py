@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from typing import Any
 
-from .watcher import LoopWatch
+from .watcher import STOP_TIMEOUT, LoopWatch, WatchedLoop, running_loop
 
-_watchers: dict[asyncio.AbstractEventLoop, LoopWatch] = {}
-_users: dict[asyncio.AbstractEventLoop, int] = {}
+_watchers: dict[WatchedLoop, LoopWatch] = {}
+_users: dict[WatchedLoop, int] = {}
 _lock = threading.RLock()
 
 
-def watch(loop: asyncio.AbstractEventLoop | None = None, **config: Any) -> LoopWatch:
+def watch(loop: WatchedLoop | None = None, **config: Any) -> LoopWatch:
     """The started watcher of ``loop`` (default: the running loop), created on first use.
 
     Later calls for the same loop return the same watcher; their options are ignored.
@@ -30,7 +29,7 @@ def watch(loop: asyncio.AbstractEventLoop | None = None, **config: Any) -> LoopW
         return watcher
 
 
-def acquire(loop: asyncio.AbstractEventLoop, **config: Any) -> LoopWatch:
+def acquire(loop: WatchedLoop, **config: Any) -> LoopWatch:
     """Like :func:`watch`, counting users so that the last :func:`release` stops it."""
     with _lock:
         watcher = watch(loop, **config)
@@ -38,8 +37,9 @@ def acquire(loop: asyncio.AbstractEventLoop, **config: Any) -> LoopWatch:
         return watcher
 
 
-def release(loop: asyncio.AbstractEventLoop) -> None:
-    """One user of the loop's watcher is done; stop it when none is left."""
+def release(loop: WatchedLoop, timeout: float = STOP_TIMEOUT) -> None:
+    """One user of the loop's watcher is done; stop it when none is left (waiting up to
+    ``timeout`` seconds for its thread and reports, see :meth:`LoopWatch.stop`)."""
     with _lock:
         remaining = _users.get(loop, 0) - 1
         if remaining > 0:
@@ -48,24 +48,18 @@ def release(loop: asyncio.AbstractEventLoop) -> None:
         _users.pop(loop, None)
         watcher = _watchers.pop(loop, None)
     if watcher is not None:
-        watcher.stop()
+        watcher.stop(timeout)
 
 
-def _resolve(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
-    if loop is not None:
-        return loop
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            "loopwatch.watch() needs a loop: call it from a coroutine, or pass the loop"
-        ) from None
+def _resolve(loop: WatchedLoop | None) -> WatchedLoop:
+    return loop if loop is not None else running_loop("loopwatch.watch()")
 
 
 def _forget_closed_loops() -> None:
-    """Drop the entries of loops closed without a release (their watchers stopped)."""
+    """Drop the entries of loops closed without a release; their watchers are told to
+    stop, without waiting (their threads end by themselves)."""
     for closed in [loop for loop in _watchers if loop.is_closed()]:
-        _watchers.pop(closed).stop()
+        _watchers.pop(closed).stop(0.0)
         _users.pop(closed, None)
 
 

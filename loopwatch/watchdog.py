@@ -27,13 +27,21 @@ from .config import Config
 from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat, Tick
-from .inflight import InflightRequests, OpenStall, requests_waiting_on, stalled_request
+from .inflight import (
+    NOTHING_IN_FLIGHT,
+    InFlight,
+    InflightRequests,
+    OpenStall,
+    requests_waiting_on,
+    stalled_request,
+)
 from .sampler import split_own_frames, take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
 from .stall import BLOCKING, CPU, GC, GIL, Stall, TakenSample
 from .suppress import is_suppressed
-from .task_context import current_span_in, snapshot_task
+from .task_context import TaskSnapshot, current_span_in, snapshot_task
+from .trio_loop import TrioLoop
 from .utilization import UtilizationClock
 
 logger = logging.getLogger("loopwatch")
@@ -103,7 +111,8 @@ def held_off_tolerance(threshold: float) -> float:
 
 
 class StallListener:
-    """What the watchdog tells the reporting side. Every method runs on the watchdog thread."""
+    """What the watchdog tells the reporting side. Every method runs on the watchdog
+    thread, so it must not block: it hands off anything that may (export, hooks, logs)."""
 
     def on_stall_started(self, stall: Stall) -> None:
         """A stall reached the threshold and is still going on (first sample taken)."""
@@ -118,7 +127,7 @@ class Watchdog:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | TrioLoop,
         heartbeat: Heartbeat,
         config: Config,
         listener: StallListener,
@@ -129,6 +138,7 @@ class Watchdog:
         deadman: DeadManSwitch | None = None,
     ) -> None:
         self._loop = loop
+        self._asyncio_loop = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
         self._heartbeat = heartbeat
         self._config = config
         self._listener = listener
@@ -165,7 +175,11 @@ class Watchdog:
             self._deadman.reset(self._deadman.delay)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float) -> None:
         """Ask the thread to end and wait for it (not from the watchdog thread itself)."""
         self._stopping.set()
         self._wake.set()
@@ -189,6 +203,8 @@ class Watchdog:
         self._inflight.open_stall = None
         if self._schedstat is not None:
             self._schedstat.close()
+        if self._deadman is not None:  # closed by its only waiter (stop() may not wait)
+            self._deadman.close()
         if not self._stopping.is_set():  # the loop closed, or an internal error
             self._on_exit(error)
         elif error is not None:
@@ -283,7 +299,7 @@ class Watchdog:
         stall.cause = stall.classify(before, tick)
         self._find_culprit(stall, tick.ran)
         if stall.in_flight is None and not stall.suppressed:
-            stall.in_flight = requests_waiting_on(self._loop)
+            stall.in_flight = self._requests_waiting()
         if self.utilization is not None and stall.cause == BLOCKING:
             self.utilization.add_blocked(tick.ran - stall.start)
         self._listener.on_stall_ended(stall, before, tick)
@@ -332,7 +348,7 @@ class Watchdog:
         self._heartbeat.watchdog_waiting = True
         self._stall = stall
         if not stall.suppressed:  # every request's task waits on the loop now
-            stall.in_flight = requests_waiting_on(self._loop)
+            stall.in_flight = self._requests_waiting()
         self._next_sample_at = start + 2 * (now - start)
         self._listener.on_stall_started(stall)
 
@@ -391,7 +407,7 @@ class Watchdog:
         if thread_id is None:
             return
         sample = take_sample(thread_id, self._config.max_frames)
-        task = snapshot_task(self._loop)
+        task = self._snapshot_task()
         if self._loop_moved_on():
             return  # the stall ended while we sampled: the stack no longer shows it
         stall.suppressed = stall.suppressed or is_suppressed(task.context, thread_id)
@@ -407,9 +423,19 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                stalled_request(thread_id),
+                stalled_request(thread_id, self._asyncio_loop),
             )
         )
+
+    def _snapshot_task(self) -> TaskSnapshot:
+        loop = self._loop
+        return loop.snapshot_task() if isinstance(loop, TrioLoop) else snapshot_task(loop)
+
+    def _requests_waiting(self) -> InFlight:
+        """The requests held up by the stall; on trio, none is found (its tasks are not
+        listed for other threads)."""
+        loop = self._loop
+        return NOTHING_IN_FLIGHT if isinstance(loop, TrioLoop) else requests_waiting_on(loop)
 
     def _loop_moved_on(self) -> bool:
         """Whether the loop has run again since the stall began (a heartbeat ticked)."""
