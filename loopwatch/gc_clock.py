@@ -1,28 +1,152 @@
-"""Time spent in garbage collection, from ``gc.callbacks`` (process-wide, shared)."""
+"""Time spent in garbage collection, from ``gc.callbacks`` (process-wide, shared), and
+where each collection on a watched loop's thread began.
+
+A collection holds the GIL throughout: no sample of the loop can be taken while it lasts,
+and a sample taken after it shows whatever ran next. So the callback notes, when a
+collection starts on a watched thread, the frame that triggered it (an allocation there,
+or a call of ``gc.collect()``): its code object, instruction offset and globals, read from
+the one frame under the callback (no stack walk, no line lookup, nothing formatted). The
+watchdog works out the line and module, and turns that into the stall's culprit.
+"""
 
 from __future__ import annotations
 
 import gc
+import sys
 import threading
+from threading import get_ident
 from time import monotonic
-from typing import Any
+from types import CodeType
+from typing import Any, NamedTuple
+
+
+class Collection(NamedTuple):
+    """One collection on a watched thread: the frame that triggered it (``lasti`` is the
+    offset of the instruction it ran at), when it started and ended (``None``: going on)."""
+
+    code: CodeType
+    line: int
+    lasti: int
+    module: str
+    started: float
+    ended: float | None
+
+
+_Noted = tuple[CodeType, int, dict[str, Any], float, float]
+
+
+def _collection(
+    code: CodeType, lasti: int, module_globals: dict[str, Any], started: float, ended: float | None
+) -> Collection:
+    line = next((line for begin, stop, line in code.co_lines() if begin <= lasti < stop), None)
+    module = module_globals.get("__name__", "?")
+    return Collection(code, line or 0, lasti, module, started, ended)
+
+
+class GcTrigger:
+    """The slot the callback writes for one watched thread (on that thread only).
+
+    ``code``..``started`` describe the latest collection, ``ended`` is ``None`` while it
+    lasts; ``long`` keeps the latest one that lasted ``min_duration`` or more (short ones
+    that follow do not overwrite it).
+    """
+
+    __slots__ = ("code", "ended", "globals", "lasti", "long", "min_duration", "started")
+
+    def __init__(self, min_duration: float) -> None:
+        self.min_duration = min_duration
+        self.code: CodeType | None = None
+        self.lasti = 0
+        self.globals: dict[str, Any] = {}
+        self.started = 0.0
+        self.ended: float | None = None
+        self.long: _Noted | None = None
+
+    def overlapping(self, start: float, end: float) -> Collection | None:
+        """The collection on this thread that overlaps [start, end]: the one going on (or
+        just ended, if long), else the latest long one. Read from another thread: read
+        again if the callback was rewriting the fields meanwhile."""
+        for _ in range(3):
+            started, ended, code = self.started, self.ended, self.code
+            lasti, module_globals = self.lasti, self.globals
+            if ended == 0.0 or self.started != started:
+                continue  # a collection began while we read
+            long_enough = (
+                ended is not None and ended >= start and ended - started >= self.min_duration
+            )
+            if code is not None and started <= end and (ended is None or long_enough):
+                return _collection(code, lasti, module_globals, started, ended)
+            long = self.long
+            if long is not None and long[3] <= end and long[4] >= start:
+                return _collection(*long)
+            return None
+        return None
 
 
 class GcClock:
-    """Accumulates in ``total`` the wall time of every finished collection, in any thread."""
+    """Accumulates in ``total`` the wall time of every finished collection, in any thread,
+    and notes in each watched thread's :class:`GcTrigger` where its collections began."""
 
     def __init__(self) -> None:
         self.total = 0.0
         self._started: float | None = None
         self._users = 0
         self._lock = threading.Lock()
+        self._watched: dict[int, GcTrigger] = {}
+        self._watchers: dict[int, int] = {}
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        now = monotonic()
+        slot = self._watched.get(get_ident())
         if phase == "start":
-            self._started = monotonic()
+            self._started = now
+            if slot is not None:
+                try:
+                    frame = sys._getframe(1)  # what triggered it: under this callback
+                except ValueError:  # no Python frame on this thread
+                    return
+                slot.ended = 0.0  # mark the fields as being rewritten
+                slot.code = frame.f_code
+                slot.lasti = frame.f_lasti  # the line and module are worked out later
+                slot.globals = frame.f_globals
+                slot.started = now
+                slot.ended = None
         elif self._started is not None:
-            self.total += monotonic() - self._started
+            self.total += now - self._started
             self._started = None
+            if slot is not None and slot.ended is None and slot.code is not None:
+                slot.ended = now
+                if now - slot.started >= slot.min_duration:
+                    slot.long = (slot.code, slot.lasti, slot.globals, slot.started, now)
+
+    def total_at(self, now: float) -> float:
+        """``total`` plus the part of a collection still going on (or whose end the
+        callback has not recorded yet) up to ``now``."""
+        for _ in range(3):
+            total, started = self.total, self._started
+            if total == self.total:
+                return total + (now - started if started is not None else 0.0)
+        return self.total
+
+    def watch(self, thread_id: int, min_duration: float) -> GcTrigger:
+        """Note where collections on ``thread_id`` begin, keeping those of
+        ``min_duration`` or more; pair with :meth:`unwatch`."""
+        with self._lock:
+            slot = self._watched.get(thread_id)
+            if slot is None:
+                slot = self._watched[thread_id] = GcTrigger(min_duration)
+            slot.min_duration = min(slot.min_duration, min_duration)
+            self._watchers[thread_id] = self._watchers.get(thread_id, 0) + 1
+            return slot
+
+    def unwatch(self, thread_id: int) -> None:
+        with self._lock:
+            left = self._watchers.get(thread_id, 0) - 1
+            if left > 0:
+                self._watchers[thread_id] = left
+            else:
+                self._watchers.pop(thread_id, None)
+                self._watched.pop(thread_id, None)
 
     def acquire(self) -> None:
         """Register in ``gc.callbacks`` for the first user."""

@@ -25,6 +25,11 @@ class Description:
     resumed_in: FrameInfo | None
     method_original: str | None = None
     """An unknown HTTP method as sent (``event.http_method`` is then ``_OTHER``)."""
+    culprit_sampled: str | None = None
+    """How the culprit was found: ``during``, ``after`` or ``collection`` (see
+    :data:`loopwatch.stall.DURING`)."""
+    cause_revised: str | None = None
+    """Why the final cause differs from the one the live warning gave."""
 
     @property
     def culprit_key(self) -> str:
@@ -47,6 +52,10 @@ class Description:
             attributes["code.function.name"] = event.culprit.function
             attributes["code.file.path"] = event.culprit.file
             attributes["code.line.number"] = event.culprit.line
+        if self.culprit_sampled and (event.culprit or event.offender):
+            attributes["loopwatch.culprit.sampled"] = self.culprit_sampled
+        if self.cause_revised:
+            attributes["loopwatch.cause.revised"] = self.cause_revised
         if event.offender:
             attributes["loopwatch.offender.function.name"] = event.offender.function
             attributes["loopwatch.offender.file.path"] = event.offender.file
@@ -78,7 +87,8 @@ def describe(
     now: float | None = None,
 ) -> Description:
     """Describe ``stall``; an ongoing one (no ``end``) is measured up to ``now``."""
-    chosen = stall.chosen_sample()
+    found = stall.found
+    chosen, how = found if found is not None else (None, None)
     culprit = offender = resumed_in = None
     stack, truncated = "", False
     if chosen is not None:
@@ -108,7 +118,7 @@ def describe(
         delayed_requests=delayed_requests,
     )
     method_original = request.method_original if request else None
-    return Description(event, truncated, resumed_in, method_original)
+    return Description(event, truncated, resumed_in, method_original, how, stall.revision())
 
 
 @dataclasses.dataclass(frozen=True)
