@@ -68,6 +68,7 @@ from typing import Any
 
 import pytest
 
+from .charging import ProjectCode
 from .recording import LoopwatchWarning, Plugin, Run
 from .report import add_section, allow_entry, fail_on_stalls, trim_stack
 from .settings import (
@@ -106,6 +107,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="string",
         default="",
     )
+    group.addoption(
+        "--loopwatch-strict",
+        action="store_true",
+        default=None,
+        help=(
+            "also fail tests for stalls that name no code of the project or the test "
+            "(garbage collection, GIL-held or unscheduled stalls without a culprit, library "
+            "callbacks); by default they are listed at the end as warnings"
+        ),
+    )
+    parser.addini(
+        "loopwatch_strict",
+        "fail tests for stalls that name no code of the project too",
+        type="bool",
+        default=False,
+    )
     parser.addini(
         "loopwatch_allow",
         "culprits (module:function, one a line) whose stalls do not fail tests",
@@ -132,7 +149,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "loopwatch(threshold=None, allow=(), enabled=True): fail the test if its event loop "
         "stalls longer than threshold seconds; allow: culprits (module:function) to ignore",
     )
-    config.stash[PLUGIN_KEY] = Plugin(read_settings(config))
+    plugin = Plugin(read_settings(config), ProjectCode(config.rootpath))
+    config.stash[PLUGIN_KEY] = plugin
+    if plugin.settings.enabled:  # markers alone: held for each test they watch
+        plugin.quiet.hold()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin = config.stash.get(PLUGIN_KEY, None)
+    if plugin is not None and plugin.settings.enabled:
+        plugin.quiet.release()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -140,7 +166,11 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if plugin is None or not plugin.settings.enabled:
         return None
     threshold = plugin.settings.threshold or DEFAULT_THRESHOLD
-    return f"loopwatch: threshold {threshold:g} s, {len(plugin.settings.allow)} allow-list entries"
+    strict = ", strict" if plugin.settings.strict else ""
+    return (
+        f"loopwatch: threshold {threshold:g} s, {len(plugin.settings.allow)} allow-list "
+        f"entries{strict}"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -151,9 +181,11 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return (yield)
     plugin.active += 1
     plugin.current = run = Run(item, policy)
+    plugin.quiet.hold()
     try:
         return (yield)
     finally:
+        plugin.quiet.release()
         plugin.current = None
         if run.watched_loop:  # entries of tests without an event loop could not match
             plugin.watched += 1
@@ -271,7 +303,23 @@ def pytest_terminal_summary(
     terminalreporter.write_line(
         f"{plugin.watched} of {plugin.active} tests ran on a watched event loop "
         f"(threshold {threshold:g} s unless a marker says otherwise); "
-        f"{plugin.failed} failed by a stall, {plugin.allowed} stalls allowed"
+        f"{plugin.failed} failed by a stall, {plugin.allowed} stalls allowed, "
+        f"{plugin.uncharged_count} not charged to code"
     )
+    if plugin.uncharged_count:
+        terminalreporter.write_line(
+            f"WARNING: {plugin.uncharged_count} stalls named no code of the project or its "
+            f"tests (under {config.rootpath}); they fail no test (--loopwatch-strict makes "
+            f"them fail):",
+            yellow=True,
+        )
+        for line in plugin.uncharged:
+            terminalreporter.write_line(f"  {line}")
+        if plugin.uncharged_count > len(plugin.uncharged):
+            terminalreporter.write_line(
+                f"  ... and {plugin.uncharged_count - len(plugin.uncharged)} more"
+            )
+    for message in plugin.logged:
+        terminalreporter.write_line(f"loopwatch logged an error: {message}", red=True)
     for message in plugin.errors:
         terminalreporter.write_line(f"ERROR: {message}", red=True)

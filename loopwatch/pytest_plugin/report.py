@@ -16,7 +16,7 @@ MAX_REPORTED_STALLS = 5
 
 
 def fail_on_stalls(plugin: Plugin, run: Run, phases: Sequence[str]) -> None:
-    stalls = plugin.split(run, run.take(phases))
+    stalls = plugin.judge(run, run.take(phases))
     if stalls:
         plugin.failed += 1
         pytest.fail(describe(stalls, run.policy.threshold), pytrace=False)
@@ -24,9 +24,10 @@ def fail_on_stalls(plugin: Plugin, run: Run, phases: Sequence[str]) -> None:
 
 def add_section(plugin: Plugin, run: Run, when: str, phases: Sequence[str]) -> None:
     """The test failed anyway: show the stalls next to its own error."""
-    stalls = plugin.split(run, run.take(phases))
+    stalls = plugin.judge(run, run.take(phases))
     if stalls:
-        run.item.add_report_section(when, "loopwatch", describe(stalls, run.policy.threshold))
+        text = describe(stalls, run.policy.threshold)
+        run.item.add_report_section(when, "loopwatch", text)
 
 
 def describe(stalls: Sequence[Stall], threshold: float) -> str:
@@ -66,10 +67,15 @@ def _details(stall: Stall) -> str:
         f"    cause:    {event.cause} ({event.samples} sample{'' if event.samples == 1 else 's'}"
         f"{task})",
     ]
-    if event.culprit is not None:
+    if stall.charged is not None:
         lines.append(
-            f"    allow:    {allow_entry(event.culprit)!r} in loopwatch_allow or "
+            f"    allow:    {allow_entry(stall.charged)!r} in loopwatch_allow or "
             f"@pytest.mark.loopwatch(allow=[...])"
+        )
+    else:  # only --loopwatch-strict fails it: no allow entry would name the project's code
+        lines.append(
+            "    strict:   names no code of the project or the test; it fails because of "
+            "--loopwatch-strict (wrap the code in loopwatch.suppress() to accept it)"
         )
     if event.stack:
         lines.append("    stack:")
