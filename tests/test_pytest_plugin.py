@@ -9,12 +9,15 @@ even when a busy machine delays another. A passing run must not report anything.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+import loopwatch
 import loopwatch.pytest_plugin as plugin
 from loopwatch import DEFAULT_SKIP_MODULES
 from loopwatch.events import FrameInfo
@@ -283,6 +286,223 @@ def test_suppressed_stall_does_not_fail(pytester: pytest.Pytester) -> None:
         """,
     )
     run(pytester, "--loopwatch").assert_outcomes(passed=1)
+
+
+# --- what a stall is charged to ---------------------------------------------------------
+
+
+WRAPLIB = """
+import asyncio
+import functools
+
+
+def wrap(func):  # like a library that wraps blocking calls (blockbuster, a tracer)
+    @functools.wraps(func)
+    def wrapper(*args):
+        return func(*args)
+
+    return wrapper
+
+
+def call_soon_wrapped(func, *args):
+    asyncio.get_running_loop().call_soon(wrap(func), *args)
+"""
+
+
+def test_allow_suggestions_name_the_test_never_a_site_packages_wrapper(
+    pytester: pytest.Pytester,
+) -> None:
+    """Library code (here in a site-packages directory inside rootdir) is never charged."""
+    packages = pytester.mkdir("venv").joinpath("site-packages")
+    packages.mkdir()
+    packages.joinpath("wraplib.py").write_text(WRAPLIB)
+    pytester.makeconftest(f"import sys\nsys.path.insert(0, {str(packages)!r})")
+    suite(
+        pytester,
+        """
+        import wraplib
+
+        @pytest.mark.asyncio
+        async def test_calls_through_a_wrapper():
+            wraplib.wrap(time.sleep)(0.5)
+
+        @pytest.mark.asyncio
+        async def test_library_callback_stalls():
+            wraplib.call_soon_wrapped(time.sleep, 0.5)
+        """,
+        name="test_wrap",
+    )
+    result = run(pytester, "--loopwatch")
+    result.assert_outcomes(failed=1, passed=1)
+    text = failure_of(result, "test_calls_through_a_wrapper")
+    assert "culprit:  test_wrap.test_calls_through_a_wrapper (" in text
+    assert "allow:    'test_wrap:test_calls_through_a_wrapper'" in text
+    result.stdout.fnmatch_lines(
+        [
+            "*1 failed by a stall, 0 stalls allowed, 1 not charged to code",
+            "WARNING: 1 stalls named no code of the project *",
+            "  test_wrap.py::test_library_callback_stalls (the test): 0.* s, cause blocking, "
+            "culprit wraplib.wrap.*wrapper (*site-packages*wraplib.py:*) is not the project's "
+            "code",
+        ]
+    )
+    result = run(pytester, "--loopwatch", "--loopwatch-strict")
+    result.assert_outcomes(failed=2)
+    text = failure_of(result, "test_library_callback_stalls")
+    assert "culprit:  wraplib.wrap." in text  # what was sampled is still shown
+    assert "allow: " not in text
+    assert "wraplib" not in re.sub(r"(culprit|offender): .*|File .*", "", text)
+
+
+LOCAL_LIBRARY = """
+import asyncio
+import time
+
+
+def schedule_flush():
+    asyncio.get_running_loop().call_soon(_flush)
+
+
+def _flush():
+    time.sleep(0.5)  # the library's own blocking call
+"""
+
+
+def test_the_project_in_the_skip_list_is_application_code(pytester: pytest.Pytester) -> None:
+    """A library's own suite: its package is in the default skip list, but under rootdir."""
+    assert "uvicorn" in DEFAULT_SKIP_MODULES
+    pytester.mkpydir("uvicorn").joinpath("__init__.py").write_text(LOCAL_LIBRARY)
+    suite(
+        pytester,
+        """
+        import uvicorn
+
+        @pytest.mark.asyncio
+        async def test_flush_blocks():
+            assert uvicorn.__file__.startswith(str(__import__("pathlib").Path.cwd()))
+            uvicorn.schedule_flush()
+        """,
+        name="test_own_suite",
+    )
+    # In a subprocess: the installed uvicorn may be imported in this one.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--loopwatch")
+    result.assert_outcomes(failed=1)
+    text = failure_of(result, "test_flush_blocks")
+    path = pytester.path / "uvicorn" / "__init__.py"
+    assert re.search(rf"culprit:  uvicorn\._flush \({re.escape(str(path))}:\d+\)", text)
+    assert "allow:    'uvicorn:_flush'" in text
+
+
+@pytest.mark.xfail(
+    reason="needs the gc culprit of issue 25 (branch h25): remove once merged", strict=True
+)
+def test_garbage_collection_is_charged_to_the_code_that_triggered_it(
+    pytester: pytest.Pytester,
+) -> None:
+    suite(
+        pytester,
+        """
+        import gc
+
+        class Node:
+            def __init__(self):
+                self.me = self  # a cycle: only the collector frees it
+
+        @pytest.mark.asyncio
+        async def test_collects_a_cyclic_heap():
+            heap = []
+            gc.disable()
+            try:
+                for _ in range(50):
+                    heap.extend(Node() for _ in range(10_000))
+                    await asyncio.sleep(0)
+            finally:
+                gc.enable()
+            del heap
+            gc.collect()  # the collection
+
+        @pytest.mark.asyncio
+        async def test_quiet():
+            await asyncio.sleep(0.05)
+        """,
+        name="test_gc",
+    )
+    result = run(pytester, "--loopwatch")
+    result.assert_outcomes(failed=1, passed=1)
+    text = failure_of(result, "test_collects_a_cyclic_heap")
+    assert "cause:    gc" in text
+    assert "culprit:  test_gc.test_collects_a_cyclic_heap (" in text
+    assert_names_no_loopwatch_frame(result)
+
+
+def assert_names_no_loopwatch_frame(result: pytest.RunResult) -> None:
+    out = result.stdout.str()
+    assert str(Path(loopwatch.__file__).parent) not in out
+    assert not re.search(r"\bloopwatch\.(?!suppress\(\))\w", out), out
+
+
+# --- loopwatch's logs -------------------------------------------------------------------
+
+
+LOGGING_SUITE = """
+import logging
+
+WATCHDOG_RECORDS = []
+
+
+def loopwatch_records(caplog):
+    return [r.getMessage() for r in caplog.records if r.name.startswith("loopwatch")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopwatch(allow=["test_logs:test_allowed_stall"])
+async def test_allowed_stall(caplog):
+    caplog.set_level(logging.DEBUG)
+    time.sleep(0.2)
+    for _ in range(20):  # the live and the final report are made by now
+        await asyncio.sleep(0.01)
+    assert loopwatch_records(caplog) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopwatch
+async def test_failing_stall_keeps_the_captured_log_clean():
+    logging.getLogger("app").warning("the app's own record")
+    time.sleep(0.3)
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopwatch
+async def test_loopwatch_errors_go_to_the_summary(caplog):
+    logging.getLogger("loopwatch").error("simulated internal error")
+    assert loopwatch_records(caplog) == []
+
+
+def test_unwatched_test_sees_loopwatch_records(caplog):
+    logging.getLogger("loopwatch").warning("production logging is unchanged")
+    assert loopwatch_records(caplog) == ["production logging is unchanged"]
+"""
+
+
+@pytest.mark.parametrize("args", [(), ("--loopwatch",)], ids=["markers", "option"])
+def test_loopwatch_records_stay_out_of_the_tests_logs(
+    pytester: pytest.Pytester, args: tuple[str, ...]
+) -> None:
+    logger = logging.getLogger("loopwatch")
+    handlers, filters = list(logger.handlers), list(logger.filters)
+    suite(pytester, LOGGING_SUITE, name="test_logs")
+    # Under --loopwatch no test sees loopwatch's records: the unwatched one is for markers.
+    deselect = ["-k", "not test_unwatched"] if args else []
+    result = run(pytester, *args, *deselect, "-o", "log_level=DEBUG")
+    result.assert_outcomes(failed=1, passed=3 if not args else 2)
+    text = failure_of(result, "test_failing_stall_keeps_the_captured_log_clean")
+    assert "event loop blocked for" in text
+    assert "the app's own record" in result.stdout.str()  # the test's log is captured
+    assert not re.search(r"(WARNING|ERROR) +loopwatch", result.stdout.str())
+    result.stdout.fnmatch_lines(["loopwatch logged an error: simulated internal error"])
+    assert logger.propagate  # as it was
+    assert logger.handlers == handlers
+    assert logger.filters == filters
 
 
 # --- fixtures ---------------------------------------------------------------------------

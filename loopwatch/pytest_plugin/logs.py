@@ -1,11 +1,12 @@
 """loopwatch's logger while tests are watched: its records stay out of the tests' logs.
 
 The core logs a WARNING for every stall on logger ``loopwatch``. Under the plugin the
-failure report says the same, and a record reaching the root logger lands in ``caplog``
-and in "Captured log" sections (pytest's handlers sit on the root logger), where tests
-that assert on their own logs trip over it. So while the plugin watches, the logger does
-not propagate; a handler of its own keeps loopwatch's errors for the end-of-run summary
-(and stops :data:`logging.lastResort` from printing records to stderr).
+failure report says the same, and a record that reaches pytest's handlers lands in
+``caplog`` and in "Captured log" sections, where tests that assert on their own logs trip
+over it. Turning propagation off is not enough: pytest attaches its capture handlers to
+the root logger *and* to every logger that does not propagate. So while the plugin
+watches, a filter on the logger stops every record before any handler sees it, and keeps
+loopwatch's errors for the end-of-run summary.
 """
 
 from __future__ import annotations
@@ -15,53 +16,47 @@ import logging
 LOGGER = "loopwatch"
 
 
-class KeepErrors(logging.Handler):
-    """Keeps the first ``limit`` ERROR records of loopwatch, formatted, for the summary."""
+class Swallow(logging.Filter):
+    """Stops every record of the logger; keeps the first ``limit`` errors, formatted."""
 
     def __init__(self, kept: list[str], limit: int) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__()
         self.kept = kept
         self.limit = limit
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if len(self.kept) >= self.limit:
-            return
-        try:
-            message = record.getMessage()
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and len(self.kept) < self.limit:
+            try:
+                message = record.getMessage()
+            except Exception:  # a record that cannot be formatted
+                message = str(record.msg)
             if record.exc_info and record.exc_info[1] is not None:
                 error = record.exc_info[1]
                 message += f" ({type(error).__name__}: {error})"
-        except Exception:  # a record that cannot be formatted
-            message = str(record.msg)
-        self.kept.append(message)
+            self.kept.append(message)
+        return False
 
 
 class QuietLogger:
-    """Turns off propagation of the ``loopwatch`` logger while held; nests.
+    """Swallows the records of logger ``loopwatch`` while held; nests.
 
     Held for the whole run with ``--loopwatch`` (or ``loopwatch = true``), else for each
     test a marker watches (from pytest's main thread); the last release restores the
     logger as it was.
     """
 
-    def __init__(self, handler: logging.Handler) -> None:
-        self._handler = handler
+    def __init__(self, swallow: Swallow) -> None:
+        self._swallow = swallow
         self._holds = 0
-        self._propagate = True
 
     def hold(self) -> None:
         self._holds += 1
         if self._holds == 1:
-            logger = logging.getLogger(LOGGER)
-            self._propagate = logger.propagate
-            logger.propagate = False
-            logger.addHandler(self._handler)
+            logging.getLogger(LOGGER).addFilter(self._swallow)
 
     def release(self) -> None:
         if self._holds == 0:
             return
         self._holds -= 1
         if self._holds == 0:
-            logger = logging.getLogger(LOGGER)
-            logger.removeHandler(self._handler)
-            logger.propagate = self._propagate
+            logging.getLogger(LOGGER).removeFilter(self._swallow)

@@ -14,7 +14,7 @@ import pytest
 
 from ..events import BlockEvent, FrameInfo
 from .charging import ProjectCode
-from .logs import KeepErrors, QuietLogger
+from .logs import QuietLogger, Swallow
 from .settings import Allow, Policy, Settings
 
 MAX_LISTED_UNCHARGED = 50
@@ -144,7 +144,7 @@ class Plugin:
     quiet: QuietLogger = field(init=False)
 
     def __post_init__(self) -> None:
-        self.quiet = QuietLogger(KeepErrors(self.logged, MAX_LOGGED))
+        self.quiet = QuietLogger(Swallow(self.logged, MAX_LOGGED))
 
     def register(self, entries: Iterable[Allow]) -> None:
         """Entries in force for a test that ran on a watched loop (kept if already matched)."""
