@@ -63,7 +63,7 @@ def fetch_sdist() -> Path:
     pinned = downloads / "anyio-requirement.txt"
     pinned.write_text(f"{ANYIO} --hash=sha256:{ANYIO_SHA256}\n")
     pip = (sys.executable, "-m", "pip")
-    sh(*pip, "download", "-q", "--no-deps", "--no-binary", ":all:", "--require-hashes",
+    sh(*pip, "download", "-q", "--no-deps", "--no-binary", "anyio", "--require-hashes",
        "-r", pinned, "-d", downloads)  # fmt: skip
     with tarfile.open(downloads / f"{name}-{version}.tar.gz") as archive:
         archive.extractall(CACHE, filter="data")

@@ -23,8 +23,18 @@ file. ``pytest -p no:loopwatch`` unloads the plugin.
 
 A stall is reported with its duration, culprit (the innermost application frame), offender
 (the innermost frame), cause and the sampled stack, trimmed to the frames below the test
-or fixture. Stalls during the setup of the test's fixtures fail the test itself; stalls in
-fixture teardown make the teardown fail. A module- or session-scoped fixture counts for
+or fixture. It fails the test only when it is charged to code: its culprit is the test's
+code or the project's (a file under rootdir, outside site-packages and the standard
+library). A stall with nothing to name (garbage collection, a GIL-holding call or an
+unscheduled thread without a culprit, a library's callback) is listed at the end of the
+run as a warning; ``--loopwatch-strict`` (ini ``loopwatch_strict``) makes it fail too.
+Packages of loopwatch's default skip list (``anyio``, ``starlette``...) are application
+code when they are imported from under rootdir: a library's own suite blames the library.
+Every stall, failing or not, is added to the test's ``user_properties`` as
+``("loopwatch_stall", json)``, which ``--junit-xml`` writes out.
+
+Stalls during the setup of the test's fixtures fail the test itself; stalls in fixture
+teardown make the teardown fail. A module- or session-scoped fixture counts for
 the test during whose setup (or teardown) it runs. Stalls inside ``loopwatch.suppress()``
 are not reported by loopwatch at all.
 
@@ -52,7 +62,9 @@ step), and no thread outlives the test.
 Sync tests and sync fixtures are never touched. Not covered: loops a sync test runs itself
 (``asyncio.run`` in a test), ``unittest.IsolatedAsyncioTestCase``, hypothesis async tests,
 trio. The watchers report to the test only: no spans or metrics reach the OpenTelemetry
-providers the tests may use; the core's WARNING log line is kept (captured with the test).
+providers the tests may use, and while tests are watched no record of logger ``loopwatch``
+reaches pytest's log capture (``caplog``, "Captured log"); loopwatch's own errors are shown
+at the end of the run instead.
 
 Costs: the extra ``await asyncio.sleep(0)`` before a watched coroutine lets callbacks that
 are already scheduled run first. Each watched coroutine (test, fixture setup, fixture
