@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import loopwatch
+import loopwatch.gc_clock
 import loopwatch.pytest_plugin as plugin
 from loopwatch import DEFAULT_SKIP_MODULES
 from loopwatch.events import FrameInfo
@@ -1011,14 +1012,16 @@ def test_trim_stack_keeps_frames_below_the_wrapper() -> None:
             f'  File "{plugin.__file__}", line 2, in loopwatch_watched',
             "    return await func(*args, **kwargs)",
             '  File "/app/test_x.py", line 3, in test_x',
-            "    time.sleep(1)",
+            "    make_garbage()",
+            f'  File "{loopwatch.gc_clock.__file__}", line 4, in GcClock.__call__',
+            "    self.started = now()",
         ]
     )
     assert trim_stack(stack).splitlines() == [
         "Traceback (most recent call last):",
         "  ... (outer frames of pytest and the event loop omitted)",
         '  File "/app/test_x.py", line 3, in test_x',
-        "    time.sleep(1)",
+        "    make_garbage()",
     ]
     unrelated = 'Traceback (most recent call last):\n  File "/a.py", line 1, in f'
     assert trim_stack(unrelated) == unrelated

@@ -105,11 +105,13 @@ def allow_entry(frame: FrameInfo) -> str:
 
 
 _PACKAGE = os.path.join(os.path.dirname(__file__), "")
+_LOOPWATCH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "")
 _DISPATCH = re.compile(r" in (Handle\.)?_run$")  # no qualified names before Python 3.11
 
 
 def trim_stack(stack: str) -> str:
-    """Drop the frames of pytest and the event loop above the watched test or fixture."""
+    """Drop the frames of pytest and the event loop above the watched test or fixture,
+    and any frame of loopwatch itself (say, a gc callback under way when sampled)."""
     lines = stack.splitlines()
     ours = f'File "{_PACKAGE}'  # the wrappers in .watching, or any frame of this plugin
     frames = [index for index, line in enumerate(lines) if line.strip().startswith('File "')]
@@ -126,5 +128,18 @@ def trim_stack(stack: str) -> str:
         )
         rest = lines[cut:] if cut is not None else []
     if not rest:
-        return stack
-    return "\n".join([lines[0], "  ... (outer frames of pytest and the event loop omitted)", *rest])
+        return "\n".join(_without_loopwatch(lines))
+    head = [lines[0], "  ... (outer frames of pytest and the event loop omitted)"]
+    return "\n".join(head + _without_loopwatch(rest))
+
+
+def _without_loopwatch(lines: list[str]) -> list[str]:
+    """``lines`` without loopwatch's frames (each with its source line)."""
+    kept: list[str] = []
+    dropping = False
+    for line in lines:
+        if line.strip().startswith('File "'):
+            dropping = line.strip().startswith(f'File "{_LOOPWATCH}')
+        if not dropping:
+            kept.append(line)
+    return kept
