@@ -23,6 +23,7 @@ import loopwatch.pytest_plugin as plugin
 from loopwatch import DEFAULT_SKIP_MODULES
 from loopwatch.events import FrameInfo
 from loopwatch.pytest_plugin import Allow, allow_entry, parse_threshold, trim_stack
+from loopwatch.pytest_plugin.charging import ProjectCode
 
 pytest_plugins = ["pytester"]
 
@@ -1025,6 +1026,24 @@ def test_trim_stack_keeps_frames_below_the_wrapper() -> None:
     ]
     unrelated = 'Traceback (most recent call last):\n  File "/a.py", line 1, in f'
     assert trim_stack(unrelated) == unrelated
+
+
+def test_project_code_is_under_rootdir_outside_libraries(tmp_path: Path) -> None:
+    project = ProjectCode(tmp_path)
+    assert project.owns(str(tmp_path / "pkg" / "mod.py"))
+    assert not project.owns(str(tmp_path / ".venv/lib/python3.11/site-packages/lib.py"))
+    assert not project.owns(str(tmp_path.parent / "elsewhere.py"))
+    assert not project.owns(textwrap.__file__)  # the standard library
+    assert not project.owns("<frozen importlib._bootstrap>")
+
+
+def test_the_skip_list_keeps_loopwatch_and_the_test_runner() -> None:
+    """In loopwatch's own checkout loopwatch is under rootdir: still never a culprit."""
+    root = Path(loopwatch.__file__).parent.parent
+    assert ProjectCode(root).owns(loopwatch.__file__)
+    skip = ProjectCode(root).skip_modules(("asyncio", "loopwatch", "mine"))
+    assert skip[:3] == ("asyncio", "loopwatch", "mine")
+    assert {"_pytest", "pluggy", "pytest_asyncio"} <= set(skip)
 
 
 def test_xdist_workers_report_to_the_controller(pytester: pytest.Pytester) -> None:
