@@ -15,13 +15,15 @@ stall in the test's properties). It fails when:
 - a test fails for another reason, passes without loopwatch, and fails with it again
   (a failure loopwatch added that is not a stall).
 
-Usage: .venv/bin/python .ci/anyio_suite.py  (from the repository root)
+Usage: .venv/bin/python .ci/anyio_suite.py [--from-report]  (from the repository root;
+--from-report checks the last run's JUnit XML again instead of running the suite)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -42,6 +44,7 @@ PYTEST_ARGS = (
     *("-o", "junit_family=xunit1"),  # testcases carry their file: node ids for re-runs
 )
 
+STALL_FAILURE = re.compile(r"(Failed: )?loopwatch: ")
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 VENV = ROOT / ".venv-anyio"
@@ -123,7 +126,9 @@ def read_cases(report: Path) -> list[Case]:
         for tag in ("failure", "error", "skipped"):
             found = case.find(tag)
             if found is not None:
-                outcome = "skipped" if tag == "skipped" else "failed"
+                outcome = "failed" if tag != "skipped" else "skipped"
+                if found.get("type") == "pytest.xfail":
+                    outcome = "xfailed"
                 message = found.get("message", "")
                 break
         stalls = [
@@ -160,12 +165,13 @@ def main() -> int:
     tree = fetch_sdist()
     python = install(tree)
     report = CACHE / "anyio-loopwatch.xml"
-    rc = run_suite(python, tree, report, "--loopwatch")
-    print(f"anyio suite with --loopwatch: exit {rc}")
+    if "--from-report" not in sys.argv[1:]:  # else check the last run's report again
+        rc = run_suite(python, tree, report, "--loopwatch")
+        print(f"anyio suite with --loopwatch: exit {rc}")
     cases = read_cases(report)
     problems: list[str] = []
 
-    ran = [c for c in cases if c.outcome != "skipped"]
+    ran = [c for c in cases if c.outcome != "skipped"]  # xfailed tests ran
     stalls = [(c, s) for c in cases for s in c.stalls]
     verdicts = Counter(str(s["verdict"]) for _, s in stalls)
     print(f"\n=== {ANYIO} suite under --loopwatch ===")
@@ -173,8 +179,9 @@ def main() -> int:
           f"({', '.join(f'{n} {v}' for v, n in sorted(verdicts.items())) or 'none'})")  # fmt: skip
     for case, stall in stalls:
         charged = where_charged(stall["culprit"], tree)
+        outcome = f", test {case.outcome}" if case.outcome not in ("failed", "passed") else ""
         print(
-            f"  [{stall['verdict']}] {case.nodeid} ({stall['where']}): "
+            f"  [{stall['verdict']}{outcome}] {case.nodeid} ({stall['where']}): "
             f"{stall['duration']:.3f} s, cause {stall['cause']}, "
             f"culprit {frame_text(stall['culprit'])}"
             + (f" -> charged to {charged}" if charged else "")
@@ -188,7 +195,7 @@ def main() -> int:
                 problems.append(f"{case.nodeid}: a loopwatch frame is the {role}: "
                                 f"{frame_text(stall[role])}")  # fmt: skip
 
-    by_stall = [c for c in cases if c.outcome == "failed" and c.message.startswith("loopwatch")]
+    by_stall = [c for c in cases if c.outcome == "failed" and STALL_FAILURE.match(c.message)]
     for case in by_stall:
         if not any(s["verdict"] == "failed" for s in case.stalls):
             problems.append(f"{case.nodeid}: failed by loopwatch with no failing stall recorded")
@@ -210,13 +217,13 @@ def recheck(python: Path, tree: Path, cases: list[Case]) -> list[str]:
     for case in cases:
         print(f"  {case.nodeid}: {case.message[:160]}")
     without = CACHE / "anyio-without.xml"
-    run_suite(python, tree, without, "-p", "no:loopwatch", *ids)
+    run_suite(python, tree, without, "--tb=line", "-p", "no:loopwatch", *ids)
     passing = [c.nodeid for c in read_cases(without) if c.outcome == "passed"]
     print(f"  without loopwatch: {len(ids) - len(passing)} fail again, {len(passing)} pass")
     if not passing:
         return []
     again = CACHE / "anyio-again.xml"
-    run_suite(python, tree, again, "--loopwatch", *passing)
+    run_suite(python, tree, again, "--tb=line", "--loopwatch", *passing)
     failing = [c.nodeid for c in read_cases(again) if c.outcome == "failed"]
     print(f"  with loopwatch again: {len(failing)} fail, {len(passing) - len(failing)} pass")
     return [f"{nodeid}: fails with loopwatch only, not by a stall" for nodeid in failing]
