@@ -9,11 +9,13 @@ even when a busy machine delays another. A passing run must not report anything.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import textwrap
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -334,8 +336,19 @@ def test_allow_suggestions_name_the_test_never_a_site_packages_wrapper(
         """,
         name="test_wrap",
     )
-    result = run(pytester, "--loopwatch")
+    result = run(pytester, "--loopwatch", "--junit-xml=report.xml")
     result.assert_outcomes(failed=1, passed=1)
+    recorded = {  # every stall is in the JUnit XML, failing or not
+        case.get("name"): json.loads(prop.get("value", ""))
+        for case in ElementTree.parse(pytester.path / "report.xml").iter("testcase")
+        for prop in case.iter("property")
+        if prop.get("name") == "loopwatch_stall"
+    }
+    assert recorded["test_calls_through_a_wrapper"]["verdict"] == "failed"
+    assert recorded["test_library_callback_stalls"]["verdict"] == "uncharged"
+    assert recorded["test_library_callback_stalls"]["culprit"]["file"] == str(
+        packages / "wraplib.py"
+    )
     text = failure_of(result, "test_calls_through_a_wrapper")
     assert "culprit:  test_wrap.test_calls_through_a_wrapper (" in text
     assert "allow:    'test_wrap:test_calls_through_a_wrapper'" in text
@@ -1062,7 +1075,7 @@ def test_xdist_workers_report_to_the_controller(pytester: pytest.Pytester) -> No
 
         @pytest.mark.asyncio
         async def test_third():
-            await asyncio.sleep(0)
+            asyncio.get_running_loop().call_soon(time.sleep, 0.3)  # names no code
         """,
         ini="""
         loopwatch_allow =
@@ -1075,7 +1088,12 @@ def test_xdist_workers_report_to_the_controller(pytester: pytest.Pytester) -> No
     result = run(pytester, "--loopwatch", "-n", "2")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
-        ["*3 of 3 tests ran on a watched event loop*0 failed by a stall, 2 stalls allowed*"]
+        [
+            "*3 of 3 tests ran on a watched event loop*0 failed by a stall, 2 stalls allowed, "
+            "1 not charged to code",
+            "WARNING: 1 stalls named no code of the project*",
+            "  test_xdist.py::test_third (the test): *cause blocking, no culprit*",
+        ]
     )
     warned = re.findall(r"LoopwatchWarning: .*", result.stdout.str())
     assert len(warned) == 1
