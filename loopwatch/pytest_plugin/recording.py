@@ -20,6 +20,7 @@ from .settings import Allow, Policy, Settings
 MAX_LISTED_UNCHARGED = 50
 """Stalls not charged to code that the end-of-run summary lists one by one."""
 MAX_LOGGED = 20
+"""loopwatch's own error records kept for the end-of-run summary."""
 
 
 class LoopwatchWarning(pytest.PytestWarning):
@@ -154,9 +155,7 @@ class Plugin:
     def export(self) -> dict[str, Any]:
         """The counts and allow entries of an xdist worker, for the controller."""
         return {
-            "counts": [
-                *(self.active, self.watched, self.failed, self.allowed, self.uncharged_count)
-            ],
+            "counts": [self.active, self.watched, self.failed, self.allowed, self.uncharged_count],
             "uncharged": self.uncharged,
             "logged": self.logged,
             "allow": [
