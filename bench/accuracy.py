@@ -84,16 +84,15 @@ class CaseResult:
 
     @property
     def culprit_ok(self) -> bool:
-        """Right culprit; for stalls no sample can see, no culprit at all is also right."""
-        if self.sampled:
-            return self.culprit == self.expected_culprit
-        return self.culprit in (None, self.expected_culprit)
+        """Right culprit, also for stalls no sample can see while they last (GIL-held C
+        calls: the sample after them; collections: the code that triggered them)."""
+        return self.culprit == self.expected_culprit
 
     @property
     def culprit_verdict(self) -> str:
-        """``right``; ``none`` (a sampleable stall reported without a culprit: it ended
-        before the watchdog's first sample, or the only sample came too late to show it);
-        or ``wrong`` (a culprit that is not the stall's)."""
+        """``right``; ``none`` (reported without a culprit: it ended before the watchdog's
+        first sample, or the only sample came too late to show it); or ``wrong`` (a
+        culprit that is not the stall's)."""
         if self.culprit_ok:
             return "right"
         return "none" if self.culprit is None else "wrong"

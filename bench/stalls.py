@@ -104,6 +104,16 @@ def stall_gc_collect() -> int:
         gc.enable()
 
 
+def stall_gc_allocation(count: int) -> int:
+    """Allocations with the collector on: the first one triggers a collection of a large
+    graph of reference cycles (new objects: lists and dicts come from free lists)."""
+    gc.enable()
+    made = []
+    for _ in range(count):
+        made.append(_Node())
+    return len(made)
+
+
 def stall_in_library(seconds: float) -> int:
     """The app calls a library function that is slow (pure Python, in site-packages)."""
     return int(_slowlib().crunch(seconds))
@@ -197,7 +207,9 @@ class Pattern:
     """Expected innermost frame, when it is Python code other than the culprit."""
     prepare: Callable[[Fixtures, float, Calibration], Prepared]
     sampled: bool = True
-    """Whether the watchdog can take a sample during the stall (no GIL held throughout)."""
+    """Whether the watchdog can take a sample during the stall (no GIL held throughout);
+    if not, the culprit comes from the sample after it (``gil``) or from the code that
+    triggered the collection (``gc``)."""
 
 
 class Calibration:
@@ -267,6 +279,15 @@ def calibrate() -> Calibration:
         return _timed(stall_gc_collect)
 
     cal.fit("gc", gc_run, 50_000)
+
+    def gc_allocation_run(n: int) -> float:
+        _garbage_cycles(n)
+        try:
+            return _timed(stall_gc_allocation, 10)
+        finally:
+            gc.enable()
+
+    cal.fit("gc_allocation", gc_allocation_run, 50_000)
     db = sqlite3.connect(":memory:")
     cal.fit("sqlite_cpu", lambda n: _timed(stall_sqlite_cpu, db, n), 100_000)
     db.close()
@@ -310,6 +331,11 @@ def _prep_gc(fx: Fixtures, seconds: float, cal: Calibration) -> Prepared:
     return stall_gc_collect, (), _nothing
 
 
+def _prep_gc_allocation(fx: Fixtures, seconds: float, cal: Calibration) -> Prepared:
+    _garbage_cycles(cal.size("gc_allocation", seconds))
+    return stall_gc_allocation, (10,), _nothing
+
+
 PATTERNS: tuple[Pattern, ...] = (
     Pattern("cpu_loop", "pure-Python CPU loop", "cpu", "bench.stalls.stall_cpu_loop", None,
             lambda fx, s, cal: (stall_cpu_loop, (s,), _nothing)),
@@ -343,6 +369,8 @@ PATTERNS: tuple[Pattern, ...] = (
             sampled=False),
     Pattern("gc", "gc.collect() with a large cycle graph", "gc",
             "bench.stalls.stall_gc_collect", None, _prep_gc, sampled=False),
+    Pattern("gc_allocation", "allocation that triggers a collection of a large cycle graph",
+            "gc", "bench.stalls.stall_gc_allocation", None, _prep_gc_allocation, sampled=False),
     Pattern("library", "slow pure-Python library call (site-packages)", "cpu",
             "bench.stalls.stall_in_library", "slowlib.crunch",
             lambda fx, s, cal: (stall_in_library, (s,), _nothing)),

@@ -57,9 +57,15 @@ class DeadManSwitch:
     """
 
     def __init__(
-        self, fd: int, delay: float, arm: Callable[[float], object], rearm: Callable[[], object]
+        self,
+        fd: int,
+        delay: float,
+        arm: Callable[[float], object],
+        rearm: Callable[[], object],
+        clear: Callable[[], object],
     ) -> None:
         self._fd = fd
+        self._clear = clear
         self.delay = delay
         """Seconds from a :attr:`rearm` to the trip."""
         self._arm = arm
@@ -95,7 +101,11 @@ class DeadManSwitch:
             settime(fd, 0, ctypes.byref(_itimerspec(seconds)), None)
 
         preset = _itimerspec(delay)
-        return cls(fd, delay, arm, functools.partial(settime, fd, 0, ctypes.byref(preset), None))
+        rearm = functools.partial(settime, fd, 0, ctypes.byref(preset), None)
+        # Also with the GIL held: a watchdog that woke during a stall must sample the
+        # loop before the loop can run on (os.read would hand the GIL over first).
+        clear = functools.partial(libc.read, fd, ctypes.create_string_buffer(8), 8)
+        return cls(fd, delay, arm, rearm, clear)
 
     def reset(self, delay: float) -> None:
         """Restart the countdown with another delay: the switch trips ``delay`` seconds
@@ -111,8 +121,7 @@ class DeadManSwitch:
         milliseconds = -1 if timeout is None else max(0, int(timeout * 1000))
         tripped = bool(self._poll.poll(milliseconds))
         if tripped:
-            with contextlib.suppress(BlockingIOError):  # re-armed since: nothing to read
-                os.read(self._fd, 8)
+            self._clear()  # fails harmlessly if re-armed since: nothing to read
         return tripped
 
     def close(self) -> None:

@@ -23,8 +23,10 @@ class BlockEvent:
 
     ``start`` and ``end`` are Unix timestamps in seconds. ``culprit`` is the innermost
     frame of application code; ``offender`` the innermost frame of all, possibly library
-    code. Both are ``None`` when no sample of the loop thread could be taken during the
-    stall (``cause`` then says why: ``gil``, ``unscheduled`` or ``gc``).
+    code. Both are ``None`` when no sample showed the stall: it ended before the first
+    one, the process was not running (``unscheduled``), or the loop moved on before the
+    watchdog could sample after a GIL-holding call or a collection. loopwatch's own
+    frames (its gc callback, the heartbeat) are never either.
     """
 
     start: float

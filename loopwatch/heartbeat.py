@@ -25,7 +25,7 @@ from time import monotonic, process_time, thread_time
 from typing import NamedTuple
 
 from .deadman import DeadManSwitch
-from .gc_clock import GC_CLOCK
+from .gc_clock import GC_CLOCK, GcTrigger
 
 logger = logging.getLogger("loopwatch")
 
@@ -104,6 +104,10 @@ class Heartbeat:
         self.thread_name = ""
         self.last_ran: float | None = None
         self.watchdog_waiting = False
+        self.watch_collections: float | None = None
+        """Set (to the shortest collection worth keeping) to have the gc callback note
+        where collections on the loop's thread begin, in :attr:`gc_trigger`."""
+        self.gc_trigger: GcTrigger | None = None
         self._wake_watchdog = wake_watchdog
         self._record = record
         self._unrecorded: list[Tick] = []
@@ -130,6 +134,9 @@ class Heartbeat:
         (unless ``record_pending`` is false); safe to call from any thread. From another
         thread, this happens on the loop, if it still runs."""
         self._running = False
+        if self.gc_trigger is not None and self.thread_id is not None:
+            self.gc_trigger = None
+            GC_CLOCK.unwatch(self.thread_id)
         if not record_pending:
             self._unrecorded = []
         if threading.get_ident() == self.thread_id:
@@ -164,6 +171,8 @@ class Heartbeat:
         self.thread_id = thread.ident
         self.native_thread_id = threading.get_native_id()
         self.thread_name = thread.name
+        if self.watch_collections is not None and self.gc_trigger is None:
+            self.gc_trigger = GC_CLOCK.watch(thread.ident or 0, self.watch_collections)
         self._due = monotonic()
         self._tick()
 

@@ -38,3 +38,27 @@ def take_sample(thread_id: int, max_frames: int) -> Sample | None:
         )
         frame = frame.f_back
     return Sample(tuple(frames), frame is not None)
+
+
+_OWN_PACKAGE = __name__.partition(".")[0]
+
+
+def is_own(module: str) -> bool:
+    """Whether ``module`` is loopwatch's own."""
+    return module == _OWN_PACKAGE or module.startswith(_OWN_PACKAGE + ".")
+
+
+def split_own_frames(sample: Sample) -> tuple[Sample, tuple[RawFrame, ...]]:
+    """``sample`` without the frames of loopwatch on top of it, and those frames.
+
+    The loop thread runs loopwatch's code on top of the application's: the garbage
+    collector's callback (inside the allocation or ``gc.collect()`` that started a
+    collection) and heartbeat ticks. They are never what blocked the loop.
+    """
+    frames = sample.frames
+    own = 0
+    while own < len(frames) and is_own(frames[own].module):
+        own += 1
+    if not own:
+        return sample, ()
+    return Sample(frames[own:], sample.truncated), frames[:own]

@@ -18,14 +18,20 @@ import time
 from collections.abc import Callable
 from time import monotonic
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows
+    resource = None  # type: ignore[assignment]
+
 from .config import Config
 from .deadman import DeadManSwitch
+from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat, Tick
 from .inflight import InflightRequests, OpenStall, requests_waiting_on, stalled_request
-from .sampler import take_sample
+from .sampler import split_own_frames, take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
-from .stall import BLOCKING, CPU, GIL, Stall, TakenSample
+from .stall import BLOCKING, CPU, GC, GIL, Stall, TakenSample
 from .suppress import is_suppressed
 from .task_context import current_span_in, snapshot_task
 from .utilization import UtilizationClock
@@ -55,6 +61,32 @@ def estimated_start(last_ran: float, next_due: float) -> float:
     half an interval (2.5 ms at the default settings, 10 ms after a stretched one).
     """
     return last_ran + max(0.0, next_due - last_ran) / 2
+
+
+_HEARTBEAT_CODE = frozenset({Heartbeat._tick.__code__, Heartbeat._first_tick.__code__})
+"""A sample that shows the loop thread in a tick shows a loop that has moved on."""
+
+
+_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None) if resource else None
+
+
+def _voluntary_switches() -> int:
+    """Times the calling thread went to sleep (Linux; 0 elsewhere)."""
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw if _RUSAGE_THREAD is not None else 0
+
+
+WAIT_SWITCHES = 3
+"""Voluntary switches of a wait that was not held off (the sleep itself and its wake-up)."""
+
+
+def waited_for_gil(switches: int, late: float) -> bool:
+    """Whether a watchdog that woke ``late`` seconds late was kept from the GIL, not from
+    the CPU. A thread waiting for the GIL sleeps for one switch interval at a time (and
+    asks the holder to drop it) for as long as the holder runs: dozens of voluntary
+    switches in a long C call, even on a starved machine. A process that was stopped or
+    not scheduled makes none: the watchdog thread never got to sleep again."""
+    expected = late / sys.getswitchinterval()
+    return switches - WAIT_SWITCHES >= max(2.0, 0.25 * expected)
 
 
 def held_off_tolerance(threshold: float) -> float:
@@ -116,6 +148,10 @@ class Watchdog:
         self._numbers = itertools.count(1)
         self._schedstat: ThreadSchedStat | None = None
         self._sched_at_detection: SchedSnapshot | None = None
+        self._waited_for_gil = False
+        # Collections of a quarter of the threshold or more are kept: a ``gc`` stall is at
+        # least half collection.
+        heartbeat.watch_collections = config.threshold / 4
 
     @property
     def ongoing_stall_seconds(self) -> float:
@@ -168,10 +204,21 @@ class Watchdog:
         Else it sleeps until the next check of :meth:`_next_wake`, or a tick ending the
         stall.
         """
+        switches = _voluntary_switches()
+        woke, intended = self._sleep()
+        late = woke - intended
+        self._waited_for_gil = late > self._tolerance and waited_for_gil(
+            _voluntary_switches() - switches, late
+        )
+        return woke, late <= self._tolerance
+
+    def _sleep(self) -> tuple[float, float]:
+        """Sleep (see :meth:`_wait`); when it woke, and when it meant to."""
         deadman = self._deadman
         if deadman is not None and self._stall is None:
             if self._paused:
-                return self._wait_for_ticks(), True
+                woke = self._wait_for_ticks()
+                return woke, woke
             deadman.wait(None)  # returns only when it trips
             woke = monotonic()
             intended = self._next_wake()  # when it tripped, or later if ticked since
@@ -184,7 +231,7 @@ class Watchdog:
             if timeout > 0 and not pending and self._wake.wait(timeout):
                 self._wake.clear()
             woke = monotonic()
-        return woke, woke - intended <= self._tolerance
+        return woke, intended
 
     def _wait_for_ticks(self) -> float:
         """Until the loop (re)starts ticking (its next tick wakes the thread), or for
@@ -233,6 +280,7 @@ class Watchdog:
         stall.end = tick.ran
         stall.runnable_share = self._runnable_share(stall)
         stall.cause = stall.classify(before, tick)
+        self._find_culprit(stall, tick.ran)
         if stall.in_flight is None and not stall.suppressed:
             stall.in_flight = requests_waiting_on(self._loop)
         if self.utilization is not None and stall.cause == BLOCKING:
@@ -273,15 +321,26 @@ class Watchdog:
                 self._deadman.reset(start + self._config.threshold - now)
             return
         stall = Stall(start=start, number=next(self._numbers), watchdog_held_off=not on_time)
+        stall.watchdog_waited_for_gil = not on_time and self._waited_for_gil
+        # First the sample: reading the scheduler counters releases the GIL, and a loop
+        # that held the watchdog off would run on meanwhile, away from the culprit.
+        self._sample(stall, on_time)
         self._sched_at_detection = self._read_schedstat()
-        stall.cause = self._provisional_cause(now, on_time)
+        stall.cause = stall.live_cause = self._provisional_cause(start, now, on_time)
+        self._find_culprit(stall, now)
         self._heartbeat.watchdog_waiting = True
         self._stall = stall
-        self._sample(stall, on_time)
         if not stall.suppressed:  # every request's task waits on the loop now
             stall.in_flight = requests_waiting_on(self._loop)
         self._next_sample_at = start + 2 * (now - start)
         self._listener.on_stall_started(stall)
+
+    def _find_culprit(self, stall: Stall, end: float) -> None:
+        """Name the culprit; for a ``gc`` stall, from the collection on the loop's thread."""
+        trigger = self._heartbeat.gc_trigger
+        if stall.cause == GC and trigger is not None:
+            stall.collection = trigger.overlapping(stall.start, end)
+        stall.find_culprit(self._finder)
 
     def _read_schedstat(self) -> SchedSnapshot | None:
         if self._schedstat is None:
@@ -302,12 +361,17 @@ class Watchdog:
             return runnable_share(detected, now)
         return None  # too short to trust: the ticks' CPU counters decide
 
-    def _provisional_cause(self, now: float, on_time: bool) -> str:
-        """The cause as far as it can be told while the stall goes on: the loop thread's
-        CPU share since its last tick (a clock read that keeps the GIL)."""
+    def _provisional_cause(self, start: float, now: float, on_time: bool) -> str:
+        """The cause as far as it can be told while the stall goes on: garbage collection
+        if it took half the stall so far (counting one still under way: the watchdog
+        gets the GIL in the callback that ends it), else for a held-off watchdog ``gil``,
+        else the loop thread's CPU share since its last tick (a clock read that keeps the
+        GIL)."""
+        tick, thread_id = self._last_tick, self._heartbeat.thread_id
+        if tick is not None and GC_CLOCK.total_at(now) - tick.gc_total >= 0.5 * (now - start):
+            return GC
         if not on_time:
             return GIL
-        tick, thread_id = self._last_tick, self._heartbeat.thread_id
         if tick is None or thread_id is None or not hasattr(time, "pthread_getcpuclockid"):
             return CPU
         try:
@@ -332,6 +396,9 @@ class Watchdog:
         stall.suppressed = stall.suppressed or is_suppressed(task.context, thread_id)
         if sample is None:
             return
+        sample, own = split_own_frames(sample)
+        if any(frame.code in _HEARTBEAT_CODE for frame in own):
+            return  # the loop is ticking: the stall is over
         stall.samples.append(
             TakenSample(
                 sample,

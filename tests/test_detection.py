@@ -111,9 +111,12 @@ def test_offender_is_the_innermost_frame_even_in_library_code(
     assert event.offender.function.startswith("pprint."), event.offender
 
 
-def test_gil_holding_c_call_is_reported_without_guessing_a_culprit(
+def test_gil_holding_c_call_names_the_caller_from_the_sample_after_it(
     run: Callable[[Callable[[], Awaitable[Any]]], Any], telemetry: Telemetry
 ) -> None:
+    """No sample is possible while the sort holds the GIL; the first one after it, in the
+    same callback, shows the function that called it (see test_unsampled_culprits)."""
+
     async def scenario() -> tuple[list[BlockEvent], float]:
         values = await asyncio.to_thread(workloads.unsorted_floats, 2_500_000)
         return await watch_while(telemetry, lambda: workloads.sort_floats(values))
@@ -123,11 +126,13 @@ def test_gil_holding_c_call_is_reported_without_guessing_a_culprit(
     assert took > 1.5 * THRESHOLD, f"the sort was too quick to test with ({took:.3f} s)"
     event = only_stall(events)
     assert event.cause == "gil"
-    assert event.culprit is None
+    assert event.culprit is not None
+    assert event.culprit.function == "tests.workloads.sort_floats"
     assert event.samples == 0
     assert abs(event.duration - took) <= duration_tolerance(took), (event.duration, took)
     span = telemetry.blocked_spans()[0]
-    assert "code.function.name" not in span.attributes
+    assert span.attributes["code.function.name"] == "tests.workloads.sort_floats"
+    assert span.attributes["loopwatch.culprit.sampled"] == "after"
     assert span.attributes["loopwatch.cause"] == "gil"
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import random
+import re
 import socket
 import threading
 import time
@@ -66,3 +68,34 @@ def build_cycles(count: int) -> None:
 def collect() -> int:
     """A full collection on the calling thread."""
     return gc.collect()
+
+
+def backtrack(text: str) -> bool:
+    """A regular expression with polynomial backtracking: one C call holding the GIL."""
+    return re.match(r"a*a*a*c", text) is not None
+
+
+def large_document(items: int) -> list[dict[str, object]]:
+    """Input for :func:`dump_json` (build it off the loop)."""
+    return [
+        {"id": i, "name": f"item-{i}", "tags": ["a", "b"], "price": i * 0.5} for i in range(items)
+    ]
+
+
+def dump_json(document: object) -> int:
+    """``json.dumps`` with the C encoder: holds the GIL until the whole text is built."""
+    return len(json.dumps(document))
+
+
+def allocate(count: int) -> list[Node]:
+    """Allocations with the collector on: the first one past its threshold triggers a
+    collection of everything allocated while it was off (new objects: lists and dicts
+    come from free lists, which count no allocation)."""
+    gc.enable()
+    try:
+        made: list[Node] = []
+        for _ in range(count):
+            made.append(Node())
+        return made
+    finally:
+        gc.disable()

@@ -21,6 +21,11 @@ class Description:
     event: BlockEvent
     stack_truncated: bool
     resumed_in: FrameInfo | None
+    culprit_sampled: str | None = None
+    """How the culprit was found: ``during``, ``after`` or ``collection`` (see
+    :data:`loopwatch.stall.DURING`)."""
+    cause_revised: str | None = None
+    """Why the final cause differs from the one the live warning gave."""
 
     @property
     def culprit_key(self) -> str:
@@ -43,6 +48,10 @@ class Description:
             attributes["code.function.name"] = event.culprit.function
             attributes["code.file.path"] = event.culprit.file
             attributes["code.line.number"] = event.culprit.line
+        if self.culprit_sampled and (event.culprit or event.offender):
+            attributes["loopwatch.culprit.sampled"] = self.culprit_sampled
+        if self.cause_revised:
+            attributes["loopwatch.cause.revised"] = self.cause_revised
         if event.offender:
             attributes["loopwatch.offender.function.name"] = event.offender.function
             attributes["loopwatch.offender.file.path"] = event.offender.file
@@ -72,7 +81,8 @@ def describe(
     now: float | None = None,
 ) -> Description:
     """Describe ``stall``; an ongoing one (no ``end``) is measured up to ``now``."""
-    chosen = stall.chosen_sample()
+    found = stall.found
+    chosen, how = found if found is not None else (None, None)
     culprit = offender = resumed_in = None
     stack, truncated = "", False
     if chosen is not None:
@@ -101,4 +111,4 @@ def describe(
         http_method=request.method if request else None,
         delayed_requests=delayed_requests,
     )
-    return Description(event, truncated, resumed_in)
+    return Description(event, truncated, resumed_in, how, stall.revision())
