@@ -408,9 +408,6 @@ def test_the_project_in_the_skip_list_is_application_code(pytester: pytest.Pytes
     assert "allow:    'uvicorn:_flush'" in text
 
 
-@pytest.mark.xfail(
-    reason="needs the gc culprit of issue 25 (branch h25): remove once merged", strict=False
-)
 def test_garbage_collection_is_charged_to_the_code_that_triggered_it(
     pytester: pytest.Pytester,
 ) -> None:
