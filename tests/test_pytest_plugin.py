@@ -9,16 +9,23 @@ even when a busy machine delays another. A passing run must not report anything.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import sys
 import textwrap
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
+import loopwatch
+import loopwatch.gc_clock
 import loopwatch.pytest_plugin as plugin
 from loopwatch import DEFAULT_SKIP_MODULES
 from loopwatch.events import FrameInfo
 from loopwatch.pytest_plugin import Allow, allow_entry, parse_threshold, trim_stack
+from loopwatch.pytest_plugin.charging import ProjectCode
 
 pytest_plugins = ["pytester"]
 
@@ -221,7 +228,8 @@ def test_cpu_bound_stall_is_caught(pytester: pytest.Pytester) -> None:
     assert "cause:    cpu" in text
 
 
-def test_stall_in_a_callback_is_caught_without_a_culprit(pytester: pytest.Pytester) -> None:
+def test_stall_without_a_culprit_is_a_warning_unless_strict(pytester: pytest.Pytester) -> None:
+    """A callback's stall names no code of the project: listed at the end, not failed."""
     suite(
         pytester,
         """
@@ -229,13 +237,29 @@ def test_stall_in_a_callback_is_caught_without_a_culprit(pytester: pytest.Pytest
         async def test_schedules_blocking_callback():
             asyncio.get_running_loop().call_soon(time.sleep, 0.3)
         """,
+        name="test_callback",
     )
     result = run(pytester, "--loopwatch")
-    result.assert_outcomes(failed=1)
-    text = failure_of(result, "test_schedules_blocking_callback")
-    assert "culprit:  none (no application code on the stack" in text
-    assert "its end was not seen" not in text
-    assert re.search(r"offender: asyncio\.events\.(Handle\.)?_run \(", text)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*0 failed by a stall, 0 stalls allowed, 1 not charged to code",
+            "WARNING: 1 stalls named no code of the project or its tests (under *); they fail "
+            "no test (--loopwatch-strict makes them fail):",
+            "  test_callback.py::test_schedules_blocking_callback (the test): 0.* s, cause "
+            "blocking, no culprit, offender asyncio.events.*_run (*",
+        ]
+    )
+    for strict in (("--loopwatch-strict",), ("-o", "loopwatch_strict=true")):
+        result = run(pytester, "--loopwatch", *strict)
+        result.assert_outcomes(failed=1)
+        text = failure_of(result, "test_schedules_blocking_callback")
+        assert "culprit:  none (no application code on the stack" in text
+        assert "its end was not seen" not in text
+        assert re.search(r"offender: asyncio\.events\.(Handle\.)?_run \(", text)
+        assert "strict:   names no code of the project or the test" in text
+        assert "allow: " not in text
+        result.stdout.fnmatch_lines(["loopwatch: threshold 0.1 s, 0 allow-list entries, strict"])
 
 
 def test_a_failing_test_also_shows_its_stall(pytester: pytest.Pytester) -> None:
@@ -266,6 +290,231 @@ def test_suppressed_stall_does_not_fail(pytester: pytest.Pytester) -> None:
         """,
     )
     run(pytester, "--loopwatch").assert_outcomes(passed=1)
+
+
+# --- what a stall is charged to ---------------------------------------------------------
+
+
+WRAPLIB = """
+import asyncio
+import functools
+
+
+def wrap(func):  # like a library that wraps blocking calls (blockbuster, a tracer)
+    @functools.wraps(func)
+    def wrapper(*args):
+        return func(*args)
+
+    return wrapper
+
+
+def call_soon_wrapped(func, *args):
+    asyncio.get_running_loop().call_soon(wrap(func), *args)
+"""
+
+
+def test_allow_suggestions_name_the_test_never_a_site_packages_wrapper(
+    pytester: pytest.Pytester,
+) -> None:
+    """Library code (here in a site-packages directory inside rootdir) is never charged."""
+    packages = pytester.mkdir("venv").joinpath("site-packages")
+    packages.mkdir()
+    packages.joinpath("wraplib.py").write_text(WRAPLIB)
+    pytester.makeconftest(f"import sys\nsys.path.insert(0, {str(packages)!r})")
+    suite(
+        pytester,
+        """
+        import wraplib
+
+        @pytest.mark.asyncio
+        async def test_calls_through_a_wrapper():
+            wraplib.wrap(time.sleep)(0.5)
+
+        @pytest.mark.asyncio
+        async def test_library_callback_stalls():
+            wraplib.call_soon_wrapped(time.sleep, 0.5)
+        """,
+        name="test_wrap",
+    )
+    result = run(pytester, "--loopwatch", "--junit-xml=report.xml")
+    result.assert_outcomes(failed=1, passed=1)
+    recorded = {  # every stall is in the JUnit XML, failing or not
+        case.get("name"): json.loads(prop.get("value", ""))
+        for case in ElementTree.parse(pytester.path / "report.xml").iter("testcase")
+        for prop in case.iter("property")
+        if prop.get("name") == "loopwatch_stall"
+    }
+    assert recorded["test_calls_through_a_wrapper"]["verdict"] == "failed"
+    assert recorded["test_library_callback_stalls"]["verdict"] == "uncharged"
+    assert recorded["test_library_callback_stalls"]["culprit"]["file"] == str(
+        packages / "wraplib.py"
+    )
+    text = failure_of(result, "test_calls_through_a_wrapper")
+    assert "culprit:  test_wrap.test_calls_through_a_wrapper (" in text
+    assert "allow:    'test_wrap:test_calls_through_a_wrapper'" in text
+    result.stdout.fnmatch_lines(
+        [
+            "*1 failed by a stall, 0 stalls allowed, 1 not charged to code",
+            "WARNING: 1 stalls named no code of the project *",
+            "  test_wrap.py::test_library_callback_stalls (the test): 0.* s, cause blocking, "
+            "culprit wraplib.*wrapper (*site-packages*wraplib.py:*) is not the project's "
+            "code",
+        ]
+    )
+    result = run(pytester, "--loopwatch", "--loopwatch-strict")
+    result.assert_outcomes(failed=2)
+    text = failure_of(result, "test_library_callback_stalls")
+    assert "culprit:  wraplib." in text  # what was sampled is still shown
+    assert "allow: " not in text
+    assert "wraplib" not in re.sub(r"(culprit|offender): .*|File .*", "", text)
+
+
+LOCAL_LIBRARY = """
+import asyncio
+import time
+
+
+def schedule_flush():
+    asyncio.get_running_loop().call_soon(_flush)
+
+
+def _flush():
+    time.sleep(0.5)  # the library's own blocking call
+"""
+
+
+def test_the_project_in_the_skip_list_is_application_code(pytester: pytest.Pytester) -> None:
+    """A library's own suite: its package is in the default skip list, but under rootdir."""
+    assert "uvicorn" in DEFAULT_SKIP_MODULES
+    pytester.mkpydir("uvicorn").joinpath("__init__.py").write_text(LOCAL_LIBRARY)
+    suite(
+        pytester,
+        """
+        import uvicorn
+
+        @pytest.mark.asyncio
+        async def test_flush_blocks():
+            assert uvicorn.__file__.startswith(str(__import__("pathlib").Path.cwd()))
+            uvicorn.schedule_flush()
+        """,
+        name="test_own_suite",
+    )
+    # In a subprocess: the installed uvicorn may be imported in this one.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--loopwatch")
+    result.assert_outcomes(failed=1)
+    text = failure_of(result, "test_flush_blocks")
+    path = pytester.path / "uvicorn" / "__init__.py"
+    assert re.search(rf"culprit:  uvicorn\._flush \({re.escape(str(path))}:\d+\)", text)
+    assert "allow:    'uvicorn:_flush'" in text
+
+
+def test_garbage_collection_is_charged_to_the_code_that_triggered_it(
+    pytester: pytest.Pytester,
+) -> None:
+    suite(
+        pytester,
+        """
+        import gc
+
+        class Node:
+            def __init__(self):
+                self.me = self  # a cycle: only the collector frees it
+
+        @pytest.mark.asyncio
+        async def test_collects_a_cyclic_heap():
+            heap = []
+            gc.disable()
+            try:
+                for _ in range(50):
+                    heap.extend(Node() for _ in range(10_000))
+                    await asyncio.sleep(0)
+            finally:
+                gc.enable()
+            del heap
+            gc.collect()  # the collection
+
+        @pytest.mark.asyncio
+        async def test_quiet():
+            await asyncio.sleep(0.05)
+        """,
+        name="test_gc",
+    )
+    result = run(pytester, "--loopwatch")
+    result.assert_outcomes(failed=1, passed=1)
+    text = failure_of(result, "test_collects_a_cyclic_heap")
+    assert "cause:    gc" in text
+    assert "culprit:  test_gc.test_collects_a_cyclic_heap (" in text
+    assert_names_no_loopwatch_frame(result)
+
+
+def assert_names_no_loopwatch_frame(result: pytest.RunResult) -> None:
+    out = result.stdout.str()
+    assert str(Path(loopwatch.__file__).parent) not in out
+    assert not re.search(r"\bloopwatch\.(?!suppress\(\))\w", out), out
+
+
+# --- loopwatch's logs -------------------------------------------------------------------
+
+
+LOGGING_SUITE = """
+import logging
+
+WATCHDOG_RECORDS = []
+
+
+def loopwatch_records(caplog):
+    return [r.getMessage() for r in caplog.records if r.name.startswith("loopwatch")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopwatch(allow=["test_logs:test_allowed_stall"])
+async def test_allowed_stall(caplog):
+    caplog.set_level(logging.DEBUG)
+    time.sleep(0.2)
+    for _ in range(20):  # the live and the final report are made by now
+        await asyncio.sleep(0.01)
+    assert loopwatch_records(caplog) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopwatch
+async def test_failing_stall_keeps_the_captured_log_clean():
+    logging.getLogger("app").warning("the app's own record")
+    time.sleep(0.3)
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopwatch
+async def test_loopwatch_errors_go_to_the_summary(caplog):
+    logging.getLogger("loopwatch").error("simulated internal error")
+    assert loopwatch_records(caplog) == []
+
+
+def test_unwatched_test_sees_loopwatch_records(caplog):
+    logging.getLogger("loopwatch").warning("production logging is unchanged")
+    assert loopwatch_records(caplog) == ["production logging is unchanged"]
+"""
+
+
+@pytest.mark.parametrize("args", [(), ("--loopwatch",)], ids=["markers", "option"])
+def test_loopwatch_records_stay_out_of_the_tests_logs(
+    pytester: pytest.Pytester, args: tuple[str, ...]
+) -> None:
+    logger = logging.getLogger("loopwatch")
+    handlers, filters = list(logger.handlers), list(logger.filters)
+    suite(pytester, LOGGING_SUITE, name="test_logs")
+    # Under --loopwatch no test sees loopwatch's records: the unwatched one is for markers.
+    deselect = ["-k", "not test_unwatched"] if args else []
+    result = run(pytester, *args, *deselect, "-o", "log_level=DEBUG")
+    result.assert_outcomes(failed=1, passed=3 if not args else 2)
+    text = failure_of(result, "test_failing_stall_keeps_the_captured_log_clean")
+    assert "event loop blocked for" in text
+    assert "the app's own record" in result.stdout.str()  # the test's log is captured
+    assert not re.search(r"(WARNING|ERROR) +loopwatch", result.stdout.str())
+    result.stdout.fnmatch_lines(["loopwatch logged an error: simulated internal error"])
+    assert logger.propagate  # as it was
+    assert logger.handlers == handlers
+    assert logger.filters == filters
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -820,17 +1069,37 @@ def test_trim_stack_keeps_frames_below_the_wrapper() -> None:
             f'  File "{plugin.__file__}", line 2, in loopwatch_watched',
             "    return await func(*args, **kwargs)",
             '  File "/app/test_x.py", line 3, in test_x',
-            "    time.sleep(1)",
+            "    make_garbage()",
+            f'  File "{loopwatch.gc_clock.__file__}", line 4, in GcClock.__call__',
+            "    self.started = now()",
         ]
     )
     assert trim_stack(stack).splitlines() == [
         "Traceback (most recent call last):",
         "  ... (outer frames of pytest and the event loop omitted)",
         '  File "/app/test_x.py", line 3, in test_x',
-        "    time.sleep(1)",
+        "    make_garbage()",
     ]
     unrelated = 'Traceback (most recent call last):\n  File "/a.py", line 1, in f'
     assert trim_stack(unrelated) == unrelated
+
+
+def test_project_code_is_under_rootdir_outside_libraries(tmp_path: Path) -> None:
+    project = ProjectCode(tmp_path)
+    assert project.owns(str(tmp_path / "pkg" / "mod.py"))
+    assert not project.owns(str(tmp_path / ".venv/lib/python3.11/site-packages/lib.py"))
+    assert not project.owns(str(tmp_path.parent / "elsewhere.py"))
+    assert not project.owns(textwrap.__file__)  # the standard library
+    assert not project.owns("<frozen importlib._bootstrap>")
+
+
+def test_the_skip_list_keeps_loopwatch_and_the_test_runner() -> None:
+    """In loopwatch's own checkout loopwatch is under rootdir: still never a culprit."""
+    root = Path(loopwatch.__file__).parent.parent
+    assert ProjectCode(root).owns(loopwatch.__file__)
+    skip = ProjectCode(root).skip_modules(("asyncio", "loopwatch", "mine"))
+    assert skip[:3] == ("asyncio", "loopwatch", "mine")
+    assert {"_pytest", "pluggy", "pytest_asyncio"} <= set(skip)
 
 
 def test_xdist_workers_report_to_the_controller(pytester: pytest.Pytester) -> None:
@@ -849,7 +1118,7 @@ def test_xdist_workers_report_to_the_controller(pytester: pytest.Pytester) -> No
 
         @pytest.mark.asyncio
         async def test_third():
-            await asyncio.sleep(0)
+            asyncio.get_running_loop().call_soon(time.sleep, 0.3)  # names no code
         """,
         ini="""
         loopwatch_allow =
@@ -862,7 +1131,12 @@ def test_xdist_workers_report_to_the_controller(pytester: pytest.Pytester) -> No
     result = run(pytester, "--loopwatch", "-n", "2")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
-        ["*3 of 3 tests ran on a watched event loop*0 failed by a stall, 2 stalls allowed*"]
+        [
+            "*3 of 3 tests ran on a watched event loop*0 failed by a stall, 2 stalls allowed, "
+            "1 not charged to code",
+            "WARNING: 1 stalls named no code of the project*",
+            "  test_xdist.py::test_third (the test): *cause blocking, no culprit*",
+        ]
     )
     warned = re.findall(r"LoopwatchWarning: .*", result.stdout.str())
     assert len(warned) == 1

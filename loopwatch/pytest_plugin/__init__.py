@@ -23,8 +23,18 @@ file. ``pytest -p no:loopwatch`` unloads the plugin.
 
 A stall is reported with its duration, culprit (the innermost application frame), offender
 (the innermost frame), cause and the sampled stack, trimmed to the frames below the test
-or fixture. Stalls during the setup of the test's fixtures fail the test itself; stalls in
-fixture teardown make the teardown fail. A module- or session-scoped fixture counts for
+or fixture. It fails the test only when it is charged to code: its culprit is the test's
+code or the project's (a file under rootdir, outside site-packages and the standard
+library). A stall with nothing to name (garbage collection, a GIL-holding call or an
+unscheduled thread without a culprit, a library's callback) is listed at the end of the
+run as a warning; ``--loopwatch-strict`` (ini ``loopwatch_strict``) makes it fail too.
+Packages of loopwatch's default skip list (``anyio``, ``starlette``...) are application
+code when they are imported from under rootdir: a library's own suite blames the library.
+Every stall, failing or not, is added to the test's ``user_properties`` as
+``("loopwatch_stall", json)``, which ``--junit-xml`` writes out.
+
+Stalls during the setup of the test's fixtures fail the test itself; stalls in fixture
+teardown make the teardown fail. A module- or session-scoped fixture counts for
 the test during whose setup (or teardown) it runs. Stalls inside ``loopwatch.suppress()``
 are not reported by loopwatch at all.
 
@@ -54,8 +64,9 @@ Sync tests and sync fixtures are never touched. Not covered: loops a sync test r
 hypothesis async tests. anyio's trio backend is watched like asyncio (on trio the
 wrapper sleeps one more round before stopping: trio runs the tasks it wakes together in
 a random order). The watchers report to the test only: no spans or metrics reach the
-OpenTelemetry providers the tests may use; the core's WARNING log line is kept (captured
-with the test).
+OpenTelemetry providers the tests may use, and while tests are watched no record of logger
+``loopwatch`` reaches pytest's log capture (``caplog``, "Captured log"); loopwatch's own
+errors are shown at the end of the run instead.
 
 Costs: the extra ``await asyncio.sleep(0)`` before a watched coroutine lets callbacks that
 are already scheduled run first. Each watched coroutine (test, fixture setup, fixture
@@ -71,6 +82,7 @@ from typing import Any
 
 import pytest
 
+from .charging import ProjectCode
 from .recording import LoopwatchWarning, Plugin, Run
 from .report import add_section, allow_entry, fail_on_stalls, trim_stack
 from .settings import (
@@ -109,6 +121,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="string",
         default="",
     )
+    group.addoption(
+        "--loopwatch-strict",
+        action="store_true",
+        default=None,
+        help=(
+            "also fail tests for stalls that name no code of the project or the test "
+            "(garbage collection, GIL-held or unscheduled stalls without a culprit, library "
+            "callbacks); by default they are listed at the end as warnings"
+        ),
+    )
+    parser.addini(
+        "loopwatch_strict",
+        "fail tests for stalls that name no code of the project too",
+        type="bool",
+        default=False,
+    )
     parser.addini(
         "loopwatch_allow",
         "culprits (module:function, one a line) whose stalls do not fail tests",
@@ -135,7 +163,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "loopwatch(threshold=None, allow=(), enabled=True): fail the test if its event loop "
         "stalls longer than threshold seconds; allow: culprits (module:function) to ignore",
     )
-    config.stash[PLUGIN_KEY] = Plugin(read_settings(config))
+    plugin = Plugin(read_settings(config), ProjectCode(config.rootpath))
+    config.stash[PLUGIN_KEY] = plugin
+    if plugin.settings.enabled:  # markers alone: held for each test they watch
+        plugin.quiet.hold()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin = config.stash.get(PLUGIN_KEY, None)
+    if plugin is not None and plugin.settings.enabled:
+        plugin.quiet.release()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -143,7 +180,11 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if plugin is None or not plugin.settings.enabled:
         return None
     threshold = plugin.settings.threshold or DEFAULT_THRESHOLD
-    return f"loopwatch: threshold {threshold:g} s, {len(plugin.settings.allow)} allow-list entries"
+    strict = ", strict" if plugin.settings.strict else ""
+    return (
+        f"loopwatch: threshold {threshold:g} s, {len(plugin.settings.allow)} allow-list "
+        f"entries{strict}"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -154,9 +195,11 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return (yield)
     plugin.active += 1
     plugin.current = run = Run(item, policy)
+    plugin.quiet.hold()
     try:
         return (yield)
     finally:
+        plugin.quiet.release()
         plugin.current = None
         if run.watched_loop:  # entries of tests without an event loop could not match
             plugin.watched += 1
@@ -274,7 +317,23 @@ def pytest_terminal_summary(
     terminalreporter.write_line(
         f"{plugin.watched} of {plugin.active} tests ran on a watched event loop "
         f"(threshold {threshold:g} s unless a marker says otherwise); "
-        f"{plugin.failed} failed by a stall, {plugin.allowed} stalls allowed"
+        f"{plugin.failed} failed by a stall, {plugin.allowed} stalls allowed, "
+        f"{plugin.uncharged_count} not charged to code"
     )
+    if plugin.uncharged_count:
+        terminalreporter.write_line(
+            f"WARNING: {plugin.uncharged_count} stalls named no code of the project or its "
+            f"tests (under {config.rootpath}); they fail no test (--loopwatch-strict makes "
+            f"them fail):",
+            yellow=True,
+        )
+        for line in plugin.uncharged:
+            terminalreporter.write_line(f"  {line}")
+        if plugin.uncharged_count > len(plugin.uncharged):
+            terminalreporter.write_line(
+                f"  ... and {plugin.uncharged_count - len(plugin.uncharged)} more"
+            )
+    for message in plugin.logged:
+        terminalreporter.write_line(f"loopwatch logged an error: {message}", red=True)
     for message in plugin.errors:
         terminalreporter.write_line(f"ERROR: {message}", red=True)

@@ -16,7 +16,7 @@ MAX_REPORTED_STALLS = 5
 
 
 def fail_on_stalls(plugin: Plugin, run: Run, phases: Sequence[str]) -> None:
-    stalls = plugin.split(run, run.take(phases))
+    stalls = plugin.judge(run, run.take(phases))
     if stalls:
         plugin.failed += 1
         pytest.fail(describe(stalls, run.policy.threshold), pytrace=False)
@@ -24,9 +24,10 @@ def fail_on_stalls(plugin: Plugin, run: Run, phases: Sequence[str]) -> None:
 
 def add_section(plugin: Plugin, run: Run, when: str, phases: Sequence[str]) -> None:
     """The test failed anyway: show the stalls next to its own error."""
-    stalls = plugin.split(run, run.take(phases))
+    stalls = plugin.judge(run, run.take(phases))
     if stalls:
-        run.item.add_report_section(when, "loopwatch", describe(stalls, run.policy.threshold))
+        text = describe(stalls, run.policy.threshold)
+        run.item.add_report_section(when, "loopwatch", text)
 
 
 def describe(stalls: Sequence[Stall], threshold: float) -> str:
@@ -66,10 +67,15 @@ def _details(stall: Stall) -> str:
         f"    cause:    {event.cause} ({event.samples} sample{'' if event.samples == 1 else 's'}"
         f"{task})",
     ]
-    if event.culprit is not None:
+    if stall.charged is not None:
         lines.append(
-            f"    allow:    {allow_entry(event.culprit)!r} in loopwatch_allow or "
+            f"    allow:    {allow_entry(stall.charged)!r} in loopwatch_allow or "
             f"@pytest.mark.loopwatch(allow=[...])"
+        )
+    else:  # only --loopwatch-strict fails it: no allow entry would name the project's code
+        lines.append(
+            "    strict:   names no code of the project or the test; it fails because of "
+            "--loopwatch-strict (wrap the code in loopwatch.suppress() to accept it)"
         )
     if event.stack:
         lines.append("    stack:")
@@ -99,11 +105,13 @@ def allow_entry(frame: FrameInfo) -> str:
 
 
 _PACKAGE = os.path.join(os.path.dirname(__file__), "")
+_LOOPWATCH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "")
 _DISPATCH = re.compile(r" in (Handle\.)?_run$")  # no qualified names before Python 3.11
 
 
 def trim_stack(stack: str) -> str:
-    """Drop the frames of pytest and the event loop above the watched test or fixture."""
+    """Drop the frames of pytest and the event loop above the watched test or fixture,
+    and any frame of loopwatch itself (say, a gc callback under way when sampled)."""
     lines = stack.splitlines()
     ours = f'File "{_PACKAGE}'  # the wrappers in .watching, or any frame of this plugin
     frames = [index for index, line in enumerate(lines) if line.strip().startswith('File "')]
@@ -120,5 +128,18 @@ def trim_stack(stack: str) -> str:
         )
         rest = lines[cut:] if cut is not None else []
     if not rest:
-        return stack
-    return "\n".join([lines[0], "  ... (outer frames of pytest and the event loop omitted)", *rest])
+        return "\n".join(_without_loopwatch(lines))
+    head = [lines[0], "  ... (outer frames of pytest and the event loop omitted)"]
+    return "\n".join(head + _without_loopwatch(rest))
+
+
+def _without_loopwatch(lines: list[str]) -> list[str]:
+    """``lines`` without loopwatch's frames (each with its source line)."""
+    kept: list[str] = []
+    dropping = False
+    for line in lines:
+        if line.strip().startswith('File "'):
+            dropping = line.strip().startswith(f'File "{_LOOPWATCH}')
+        if not dropping:
+            kept.append(line)
+    return kept

@@ -53,6 +53,8 @@ class Settings:
     off: bool
     threshold: float | None
     allow: tuple[Allow, ...]
+    strict: bool = False
+    """Stalls that name no code of the project fail tests too (else they are warnings)."""
 
 
 def parse_threshold(raw: str, source: str) -> float:
@@ -112,7 +114,8 @@ def read_settings(config: pytest.Config) -> Settings:
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
     enabled = not off and (raw is not None or bool(config.getini("loopwatch")))
-    return Settings(enabled, off, threshold, allow)
+    strict = bool(config.getoption("loopwatch_strict") or config.getini("loopwatch_strict"))
+    return Settings(enabled, off, threshold, allow, strict)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,6 @@ a timer due later than the heartbeat's. uvloop rounds timers to 1 ms (and runs s
 as soon as possible); the stdlib loop orders any later timer after it."""
 
 MAX_STACK_CHARS = 32_768
-TEST_RUNNER_MODULES = (
-    *("__main__", "runpy", "_pytest", "pytest", "pluggy", "pytest_asyncio"),
-    "backports.asyncio.runner",  # pytest-asyncio's asyncio.Runner on Python 3.10
-)
-"""Never the culprit, in addition to loopwatch's own list: the machinery that runs the test."""
 
 
 _NO_TRACES = trace.NoOpTracerProvider()
@@ -118,7 +113,7 @@ class Watching:
             meter_provider=_NO_METRICS,
             measure_utilization=False,
             max_stack_chars=MAX_STACK_CHARS,
-            skip_modules=_skip_modules(),
+            skip_modules=self._plugin.project.skip_modules(resolve_config().skip_modules),
         )
         watcher.start(loop)
         if not watcher.running:  # LOOPWATCH_ENABLED=0
@@ -174,7 +169,3 @@ async def _sleep(loop: WatchedLoop, seconds: float) -> None:
         await sys.modules["trio"].sleep(seconds)
     else:
         await asyncio.sleep(seconds)
-
-
-def _skip_modules() -> tuple[str, ...]:
-    return resolve_config().skip_modules + TEST_RUNNER_MODULES
