@@ -133,7 +133,8 @@ def plot(results: Results, path: Path, finish: Callable[..., None]) -> None:
     left.set_xticklabels([r["tool"] for r in runs], rotation=30, ha="right", fontsize=8)
     left.set_ylabel(f"stalls of {len(data['patterns'])} (~300 ms each)")
     left.set_title("asyncio loop, threshold 100 ms", fontsize=9)
-    left.legend(fontsize=7)
+    left.set_ylim(0, len(data["patterns"]) + 4)
+    left.legend(fontsize=7, loc="upper center", ncol=2)
     rows = {row["tool"]: row for row in data["overhead"]}
     if "none" in rows:
         base = rows["none"]["per_switch"]
