@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import accuracy, inserver, instructions, memory, micro, overhead, report, switching
+from . import accuracy, inserver, instructions, memory, micro, overhead, peers, report, switching
 from .common import RAW_DIR, ROOT, machine
 
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -34,6 +34,7 @@ SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "inserver": inserver.run,
     "memory": memory.run,
     "instructions": instructions.run,
+    "peers": peers.run,
 }
 NEEDS_WRK = {"overhead", "inserver", "memory"}
 
@@ -106,6 +107,21 @@ def run_at_commit(rev: str, argv: list[str]) -> int:
     return 0
 
 
+def _keep_other_sections(results: dict[str, Any], previous: dict[str, Any]) -> None:
+    """An ``--only`` run adds its sections to the saved summary instead of replacing it:
+    the sections it did not run keep their published figures, and the page says which run
+    they come from."""
+    kept = [s for s in previous.get("sections", []) if s not in results["sections"]]
+    for name in kept:
+        results[name] = previous[name]
+    results["sections"] = kept + results["sections"]
+    if kept:
+        earlier = previous.get("kept_from") or {
+            key: previous.get(key) for key in ("command", "date", "runtime_s", "code")
+        }
+        results["kept_from"] = {**earlier, "sections": kept}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.commit:
@@ -160,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         results["sections"].append(name)
         print(f"[{name}] done in {time.monotonic() - section_started:.0f} s", flush=True)
     results["runtime_s"] = time.monotonic() - started
+    if args.only and summary_path.exists():
+        _keep_other_sections(results, json.loads(summary_path.read_text()))
     results["foreign_cpu"] = report.foreign_cpu(results)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     results["summary_path"] = str(summary_path.relative_to(ROOT))

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from . import switching
+from . import peers_report, switching
 from .accuracy import THRESHOLD, CaseResult, case_results, tolerance
 from .common import median_interval
 from .micro import IDLE_THREAD, LOOPWATCH_NO_CLOCK, PENDING_TIMER, SHAPES, TIMER_AND_THREAD
@@ -577,6 +577,7 @@ def render(results: Results, out_dir: Path, md_path: Path) -> None:
     plotters = {
         "overhead": plot_overhead, "micro": plot_micro, "switching": plot_switching,
         "accuracy": plot_accuracy, "memory": plot_memory,
+        "peers": lambda r, p: peers_report.plot(r, p, _finish),
     }  # fmt: skip
     for name, plotter in plotters.items():
         if name in sections:
@@ -602,6 +603,7 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         "",
         f"**Code.** loopwatch, example and bench at commit `{_code(results)}`.",
         "",
+        *_kept_line(results),
         "**loopwatch configuration.** Default everywhere (`threshold=0.1` s, "
         "`interval=threshold/20`, `measure_utilization=True`, `max_frames=64`), except where "
         "a table says otherwise. The `on_block` hook only counts stalls.",
@@ -635,7 +637,23 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         out += memory_section(results, figures)
     if "instructions" in sections:
         out += instructions_section(results)
+    if "peers" in sections:
+        out += peers_report.section(results, figures)
     return out
+
+
+def _kept_line(results: Results) -> list[str]:
+    """Which sections an ``--only`` run carried over from an earlier run."""
+    kept = results.get("kept_from")
+    if not kept:
+        return []
+    code = kept.get("code") or {}
+    return [
+        f"**Earlier run.** Sections {', '.join(kept['sections'])} come from `{kept['command']}` "
+        f"on {kept['date']} ({(kept.get('runtime_s') or 0) / 60:.1f} min, code at "
+        f"`{code.get('commit', '?')}`); this run added the others.",
+        "",
+    ]
 
 
 def _code(results: Results) -> str:
