@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import os
 import select
@@ -84,8 +83,10 @@ class DeadManSwitch:
     def _create_with_libc(cls, delay: float) -> DeadManSwitch:
         # PyDLL: called with the GIL held (a short system call). os.timerfd_settime (3.13+)
         # releases the GIL, and beside a thread running Python code every tick then waited
-        # to get it back: 0.1-0.16 ms per re-arm instead of 1-2 us.
-        libc: Any = ctypes.PyDLL(ctypes.util.find_library("c"), use_errno=True)
+        # to get it back: 0.1-0.16 ms per re-arm instead of 1-2 us. ``None`` (dlopen(NULL):
+        # the process's own symbols, libc's among them), not ctypes.util.find_library("c"),
+        # which runs ldconfig in a subprocess (~10 ms, on the loop thread at every start).
+        libc: Any = ctypes.PyDLL(None, use_errno=True)
         fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_FLAGS)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
