@@ -30,18 +30,13 @@ CACHE = ROOT / ".cache" / "suites"
 VENV = ROOT / ".venv-suites"
 PYTHON = VENV / "bin" / "python"
 FAILING = ("failure", "error")
-# One run must not hang CI: pytest-timeout (in FastAPI's test group) ends a stuck test.
+# -n: pytest-xdist workers (FastAPI's test group has it; its own script runs -n auto
+# --dist loadgroup). --timeout: pytest-timeout ends a stuck test instead of hanging CI.
+WORKERS = os.environ.get("LOOPWATCH_SUITES_WORKERS", "2")
 PYTEST_ARGS = [
-    "-q",
-    "-p",
-    "no:cacheprovider",
-    "-p",
-    "no:sugar",
-    "-p",
-    "no:loopwatch",
-    "-p",
-    "loopwatch_inject",
-    "--timeout=120",
+    *("-q", "-n", WORKERS, "--dist", "loadgroup", "--timeout=120"),
+    *("-p", "no:cacheprovider", "-p", "no:sugar", "-p", "no:loopwatch"),
+    *("-p", "loopwatch_inject"),
 ]
 
 
