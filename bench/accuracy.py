@@ -145,6 +145,7 @@ async def _one_case(
     finally:
         gc.enable()
     await asyncio.to_thread(_dispose, box)
+    await asyncio.to_thread(LoopWatch.flush)  # hooks run on their own thread: all delivered
     return wall, true
 
 
@@ -292,6 +293,7 @@ async def main(
             load = await heavy_load(fp_seconds)
             load_seconds = time.monotonic() - started
             await asyncio.sleep(AFTER)
+            await asyncio.to_thread(LoopWatch.flush)
             false_positives = [
                 {"duration": e.duration, "cause": e.cause, "culprit": str(e.culprit),
                  "confirmed_by_probe": confirmed(e, lags)}

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import functools
 import os
 import select
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +47,13 @@ def _itimerspec(seconds: float) -> _ITimerspec:
     return _ITimerspec(it_value=_Timespec(whole, int((seconds - whole) * 1e9)))
 
 
+@functools.cache
+def _libc() -> Any:
+    """libc, loaded once: ``find_library`` runs ``ldconfig`` in a subprocess (3 ms per
+    watcher started, which a new loop per request paid every time)."""
+    return ctypes.PyDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 class DeadManSwitch:
     """A one-shot timer of ``delay`` seconds that :attr:`rearm` restarts.
 
@@ -64,6 +73,7 @@ class DeadManSwitch:
         self._arm = arm
         self.rearm = rearm
         """Restart the countdown: the switch trips ``delay`` seconds from now."""
+        self._closing = threading.Lock()
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
 
@@ -83,10 +93,8 @@ class DeadManSwitch:
     def _create_with_libc(cls, delay: float) -> DeadManSwitch:
         # PyDLL: called with the GIL held (a short system call). os.timerfd_settime (3.13+)
         # releases the GIL, and beside a thread running Python code every tick then waited
-        # to get it back: 0.1-0.16 ms per re-arm instead of 1-2 us. ``None`` (dlopen(NULL):
-        # the process's own symbols, libc's among them), not ctypes.util.find_library("c"),
-        # which runs ldconfig in a subprocess (~10 ms, on the loop thread at every start).
-        libc: Any = ctypes.PyDLL(None, use_errno=True)
+        # to get it back: 0.1-0.16 ms per re-arm instead of 1-2 us.
+        libc = _libc()
         fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_FLAGS)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
@@ -117,5 +125,9 @@ class DeadManSwitch:
         return tripped
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        """Close the descriptor, once (a second close could hit a reused number)."""
+        with self._closing:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -73,6 +73,14 @@ in a hot loop, about 35 µs in a server under load (libc through ctypes, out of 
 caches); re-arming every quarter of the delay cost 7 µs of a 47 µs tick on average."""
 
 
+TIMER_RESOLUTION = 0.001
+"""The shortest delay the heartbeat asks its loop for. Loops time their timers in whole
+milliseconds: asked for 0.5 ms, an idle stdlib loop sleeps 1 ms in ``epoll_wait`` (so a
+tick due at 0.5 ms came 0.5-0.6 ms late every time: at a 1 ms threshold most of the
+threshold), and uvloop rounds it down to 0 and runs the tick at once, every loop
+iteration (410,000 ticks in 3 s, a core busy). The tick is then due when it can come."""
+
+
 def gil_wait(switch_interval: float) -> float:
     """How late a tick must be to have waited for the GIL: another thread running Python
     code gives it up after the switch interval (5 ms by default); an idle stdlib loop
@@ -81,7 +89,8 @@ def gil_wait(switch_interval: float) -> float:
 
 
 class Heartbeat:
-    """Schedules itself every ``interval`` seconds on ``loop`` and records each tick.
+    """Schedules itself every ``interval`` seconds (at least :data:`TIMER_RESOLUTION`)
+    on ``loop`` and records each tick.
 
     Every :data:`RECORD_BATCH` ticks, oldest first, are passed to ``record``
     (in-memory metrics; the first error turns it off). Each tick re-arms ``deadman`` (if
@@ -97,7 +106,7 @@ class Heartbeat:
         deadman: DeadManSwitch | None = None,
     ) -> None:
         self.loop = loop
-        self.interval = interval
+        self.interval = max(interval, TIMER_RESOLUTION)
         self.ticks: deque[Tick] = deque(maxlen=TICKS_KEPT)
         self.thread_id: int | None = None
         self.native_thread_id: int | None = None

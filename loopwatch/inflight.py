@@ -17,13 +17,36 @@ from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry import trace
 
-from .asgi_scope import Scopes, http_scopes_in_stack, tasks_serving_http
+from .asgi_scope import Scopes, stalled_http, tasks_serving_http
 from .task_context import current_span_in, task_context
 
 REQUEST_KEY = "loopwatch.request"
 """The ASGI scope key of the :class:`Request` of a traced request, while it is served.
 A layer that copies the scope copies it too, and the middleware of a mounted app that
 finds it leaves the request to the outer one."""
+
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+"""The methods ``http.request.method`` may take (OpenTelemetry HTTP conventions); any
+other is ``_OTHER``: the method token comes from the client, and as a metric attribute
+an invented one would make a new series per request."""
+
+OTHER_METHOD = "_OTHER"
+
+MAX_ORIGINAL_METHOD = 64
+"""How much of an unknown method is kept (on the span only) as
+``http.request.method_original``."""
+
+
+def known_method(scope: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The request's method if it is a standard one, else ``_OTHER`` and the original
+    (cut to :data:`MAX_ORIGINAL_METHOD` characters)."""
+    method = scope.get("method")
+    if method in HTTP_METHODS:
+        return method, None
+    return OTHER_METHOD, str(method or "")[:MAX_ORIGINAL_METHOD] or None
 
 
 class Request:
@@ -35,13 +58,14 @@ class Request:
     did; the watchdog and the request's own ending may both settle a stall, and the
     first to do so wins (``dict.setdefault`` is atomic).
 
-    ``method`` and ``route`` are copied from the scope by the watchdog when it finds the
-    request there. The request does not reference its scope (which would keep the scope
-    alive as long as the request), and the middleware takes it out of the scope when the
-    request ends.
+    ``method`` (a standard method or ``_OTHER``, see :func:`known_method`),
+    ``method_original`` (an unknown method as sent) and ``route`` are copied from the
+    scope by the watchdog when it finds the request there. The request does not reference
+    its scope (which would keep the scope alive as long as the request), and the
+    middleware takes it out of the scope when the request ends.
     """
 
-    __slots__ = ("ended", "method", "route", "span", "stall_delays", "started")
+    __slots__ = ("ended", "method", "method_original", "route", "span", "stall_delays", "started")
 
     def __init__(self, span: trace.Span) -> None:
         self.span = span
@@ -49,11 +73,12 @@ class Request:
         self.ended: float | None = None
         self.stall_delays: dict[int, float] | None = None
         self.method = ""
+        self.method_original: str | None = None
         self.route: str | None = None
 
     def described_by(self, scope: Mapping[str, Any]) -> Request:
         """This request, with its method and route template copied from ``scope``."""
-        self.method, self.route = RequestSummary.of(scope)
+        self.method, self.route, self.method_original = RequestSummary.of(scope)
         return self
 
     @property
@@ -95,15 +120,18 @@ def route_template(route: object) -> str | None:
 
 
 class RequestSummary(NamedTuple):
-    """A request found by its ASGI scope (none of its own was kept): its method and route
-    template, copied when it was found; the scope is not kept."""
+    """A request found by its ASGI scope (none of its own was kept): its method (see
+    :func:`known_method`) and route template, copied when it was found; the scope is not
+    kept."""
 
     method: str
     route: str | None
+    method_original: str | None = None
 
     @classmethod
     def of(cls, scope: Mapping[str, Any]) -> RequestSummary:
-        return cls(str(scope.get("method") or ""), route_template(scope.get("route")))
+        method, original = known_method(scope)
+        return cls(method, route_template(scope.get("route")), original)
 
 
 AnyRequest: TypeAlias = Request | RequestSummary
@@ -149,16 +177,21 @@ def kept_request(scopes: Scopes) -> Request | None:
     return None
 
 
-def stalled_request(thread_id: int) -> AnyRequest | None:
+def stalled_request(thread_id: int, loop: asyncio.AbstractEventLoop) -> AnyRequest | None:
     """The request the stalled loop thread ``thread_id`` serves, found by the HTTP scopes
-    in its stack and described by the innermost (read off-loop, during the stall)."""
-    scopes = http_scopes_in_stack(thread_id)
+    in its stack (or in the tasks waiting for its task) and described by the innermost
+    (read off-loop, during the stall)."""
+    scopes, route = stalled_http(thread_id, loop)
     if not scopes:
         return None
     request = kept_request(scopes)
     if request is None:
-        return RequestSummary.of(scopes[0])
-    return request.described_by(scopes[0])
+        summary = RequestSummary.of(scopes[0])
+        return summary if summary.route or not route else summary._replace(route=route)
+    request.described_by(scopes[0])
+    if not request.route:  # a route the scope does not name (Litestar, Quart, Django)
+        request.route = route
+    return request
 
 
 def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> InFlight:

@@ -82,6 +82,8 @@ def requested_server(
 ) -> tuple[range, str] | None:
     """The metrics server asked for by options or ``LOOPWATCH_METRICS_*`` (``None``: none)."""
     environ = os.environ if environ is None else environ
+    if addr is not None and (not isinstance(addr, str) or not addr.strip()):
+        raise ValueError(f"metrics_addr={addr!r} is not an address; use e.g. '127.0.0.1'")
     if port is None:
         raw = environ.get(PORT_VARIABLE, "").strip()
         if not raw:

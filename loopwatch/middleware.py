@@ -20,7 +20,7 @@ from opentelemetry import metrics, trace
 
 from . import registry
 from .config import resolve_config
-from .inflight import REQUEST_KEY, InflightRequests, Request
+from .inflight import REQUEST_KEY, InflightRequests, OpenStall, Request
 from .metrics_server import requested_server, start_metrics_server
 from .reporting.reporter import BlockHook
 from .task_context import OTEL_CONTEXT_VARIABLE, OTEL_SPAN_KEY
@@ -79,9 +79,7 @@ class LoopWatchMiddleware:
             "report_per_minute": report_per_minute,
             "measure_utilization": measure_utilization,
         }
-        self._enabled = resolve_config(
-            **{k: v for k, v in self._options.items() if k not in _OBJECT_OPTIONS}
-        ).enabled
+        self._enabled = resolve_config(**self._options).enabled
         self._metrics_server = requested_server(metrics_port, metrics_addr)
         self._watchers: dict[asyncio.AbstractEventLoop, LoopWatch | None] = {}
         # The watchers that lifespan start-ups started, by the thread of their loop, from
@@ -100,17 +98,20 @@ class LoopWatchMiddleware:
         # each step costs about half a microsecond (bench/inserver.py times them). A
         # request without a recording span, on a server whose lifespan started the
         # watcher, gets nothing more (a stall finds it by its scope).
-        attached = _attached_otel_context(None)
-        span = None if attached is None else _recording_span(attached)
-        if span is None and self._lifespan_watchers:
-            await self.app(scope, receive, send)
-            return
-        # asyncio.get_running_loop() makes a getpid() system call on Python < 3.12
-        watcher = self._lifespan_watchers.get(threading.get_ident(), _NOT_STARTED)
-        if watcher is _NOT_STARTED:
-            watcher = self._watchers.get(asyncio.get_running_loop(), _NOT_STARTED)
-            if watcher is _NOT_STARTED:
-                watcher = await self._start_without_lifespan()
+        span = watcher = None
+        try:
+            attached = _attached_otel_context(None)
+            span = None if attached is None else _recording_span(attached)
+            if span is not None or not self._lifespan_watchers:
+                # asyncio.get_running_loop() makes a getpid() system call on Python < 3.12
+                watcher = self._lifespan_watchers.get(threading.get_ident(), _NOT_STARTED)
+                if watcher is _NOT_STARTED:
+                    loop = _running_loop()
+                    watcher = self._watchers.get(loop, _NOT_STARTED) if loop is not None else None
+                    if loop is not None and watcher is _NOT_STARTED:
+                        watcher = await self._start_without_lifespan(loop)
+        except Exception:
+            _failed_once("serving a request")
         # A request already in the scope is an outer LoopWatchMiddleware's (a mounted app).
         if span is None or watcher is None or REQUEST_KEY in scope:
             await self.app(scope, receive, send)
@@ -124,7 +125,7 @@ class LoopWatchMiddleware:
             scope.pop(REQUEST_KEY, None)
             open_stall = inflight.open_stall
             if open_stall is not None and request.ended is None:
-                request.finish(open_stall)
+                _finish(request, open_stall)
 
     async def _serve_other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan (start and release the watcher) and websocket scopes (untouched)."""
@@ -136,11 +137,11 @@ class LoopWatchMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def _start_without_lifespan(self) -> LoopWatch | None:
-        """The server runs without lifespan: the watcher starts with the first request.
-        Yields once so that the heartbeat's first tick runs: a stall in this very request
-        is then seen."""
-        watcher = self._watcher()
+    async def _start_without_lifespan(self, loop: asyncio.AbstractEventLoop) -> LoopWatch | None:
+        """The server runs without lifespan: the watcher starts with the first request on
+        its loop. Yields once so that the heartbeat's first tick runs: a stall in this
+        very request is then seen."""
+        watcher = self._watcher(loop)
         if watcher is not None:
             await asyncio.sleep(0)
         return watcher
@@ -149,7 +150,7 @@ class LoopWatchMiddleware:
         async def wrapped() -> Message:
             message: Message = await receive()
             if message.get("type") == "lifespan.startup":
-                self._watcher()
+                self._guarded(self._start_for_lifespan)
             return message
 
         return wrapped
@@ -158,20 +159,40 @@ class LoopWatchMiddleware:
         async def wrapped(message: Message) -> None:
             await send(message)
             if message.get("type") == "lifespan.startup.complete":
-                watcher = self._watchers.get(asyncio.get_running_loop())
-                self._lifespan_watchers[threading.get_ident()] = watcher
+                self._guarded(self._started_by_lifespan)
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 self._release()
 
         return wrapped
 
-    def _watcher(self) -> LoopWatch | None:
-        """The running loop's watcher, acquired once per loop by this middleware."""
-        loop = asyncio.get_running_loop()
+    def _start_for_lifespan(self) -> None:
+        loop = _running_loop()
+        if loop is not None:
+            self._watcher(loop)
+
+    def _started_by_lifespan(self) -> None:
+        """Start-up is complete: requests on this thread need not look for their loop's
+        watcher (``None`` where there is no asyncio loop: they pass through)."""
+        loop = _running_loop()
+        watcher = self._watchers.get(loop) if loop is not None else None
+        self._lifespan_watchers[threading.get_ident()] = watcher
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run a lifespan step of loopwatch's own; an error in it is logged, never raised."""
+        try:
+            step()
+        except Exception:
+            _failed_once("at lifespan start-up")
+
+    def _watcher(self, loop: asyncio.AbstractEventLoop) -> LoopWatch | None:
+        """``loop``'s watcher, acquired once per loop by this middleware. Watchers of
+        loops closed since are released first: with a new loop per request (a test
+        client), their state does not pile up."""
         try:
             return self._watchers[loop]
         except KeyError:
             pass
+        self._release_closed_loops()
         options = dict(self._options)
         watcher: LoopWatch | None = None
         if not self._enabled:
@@ -188,6 +209,13 @@ class LoopWatchMiddleware:
         self._watchers[loop] = watcher if watcher is not None and watcher.running else None
         return self._watchers[loop]
 
+    def _release_closed_loops(self) -> None:
+        """Release the watchers of loops closed since, without waiting for their
+        threads (which end by themselves: nothing runs on a closed loop)."""
+        for loop in [loop for loop in self._watchers if loop.is_closed()]:
+            if self._watchers.pop(loop) is not None:
+                registry.release(loop, timeout=0.0)
+
     def _serve_metrics(self) -> metrics.MeterProvider | None:
         """Start the off-loop metrics server; give loopwatch a Prometheus reader if needed."""
         assert self._metrics_server is not None
@@ -201,9 +229,48 @@ class LoopWatchMiddleware:
 
     def _release(self) -> None:
         self._lifespan_watchers.pop(threading.get_ident(), None)
-        loop = asyncio.get_running_loop()
-        if self._watchers.pop(loop, None) is not None:
-            registry.release(loop)
+        loop = _running_loop()
+        if loop is not None and self._watchers.pop(loop, None) is not None:
+            try:
+                registry.release(loop)
+            except Exception:
+                _failed_once("at lifespan shutdown")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; ``None`` under another library (trio, curio), whose
+    apps then pass through unwatched (said once per process)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        _unwatched_once()
+        return None
+
+
+_said: set[str] = set()
+
+
+def _unwatched_once() -> None:
+    if "unwatched" not in _said:
+        _said.add("unwatched")
+        logger.warning(
+            "loopwatch: no asyncio event loop is running (trio or another async library "
+            "serves the app): requests pass through unwatched"
+        )
+
+
+def _failed_once(where: str) -> None:
+    """Log loopwatch's own error once per process; the request goes on unwatched."""
+    if "failed" not in _said:
+        _said.add("failed")
+        logger.exception("loopwatch failed %s; the request is served unwatched", where)
+
+
+def _finish(request: Request, open_stall: OpenStall) -> None:
+    try:
+        request.finish(open_stall)
+    except Exception:
+        _failed_once("settling a request")
 
 
 def _maybe_attached(default: None) -> object:
@@ -244,7 +311,7 @@ def _settle_before_completion(request: Request, inflight: InflightRequests, send
         # own per message cost ~1,500 instructions per request).
         open_stall = inflight.open_stall
         if open_stall is not None and request.ended is None and _may_complete(message):
-            request.finish(open_stall)
+            _finish(request, open_stall)
         return send(message)
 
     return send_and_settle
@@ -262,8 +329,6 @@ def _may_complete(message: Message) -> bool:
 
 _NOT_STARTED: Any = object()
 """Marks a loop this middleware has not acquired a watcher for yet."""
-
-_OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block"})
 
 
 _fallback_provider: metrics.MeterProvider | None = None

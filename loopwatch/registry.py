@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Any
 
-from .watcher import LoopWatch
+from .watcher import STOP_TIMEOUT, LoopWatch, running_asyncio_loop
 
 _watchers: dict[asyncio.AbstractEventLoop, LoopWatch] = {}
 _users: dict[asyncio.AbstractEventLoop, int] = {}
@@ -38,8 +38,9 @@ def acquire(loop: asyncio.AbstractEventLoop, **config: Any) -> LoopWatch:
         return watcher
 
 
-def release(loop: asyncio.AbstractEventLoop) -> None:
-    """One user of the loop's watcher is done; stop it when none is left."""
+def release(loop: asyncio.AbstractEventLoop, timeout: float = STOP_TIMEOUT) -> None:
+    """One user of the loop's watcher is done; stop it when none is left (waiting up to
+    ``timeout`` seconds for its thread and reports, see :meth:`LoopWatch.stop`)."""
     with _lock:
         remaining = _users.get(loop, 0) - 1
         if remaining > 0:
@@ -48,24 +49,18 @@ def release(loop: asyncio.AbstractEventLoop) -> None:
         _users.pop(loop, None)
         watcher = _watchers.pop(loop, None)
     if watcher is not None:
-        watcher.stop()
+        watcher.stop(timeout)
 
 
 def _resolve(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
-    if loop is not None:
-        return loop
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            "loopwatch.watch() needs a loop: call it from a coroutine, or pass the loop"
-        ) from None
+    return loop if loop is not None else running_asyncio_loop("loopwatch.watch()")
 
 
 def _forget_closed_loops() -> None:
-    """Drop the entries of loops closed without a release (their watchers stopped)."""
+    """Drop the entries of loops closed without a release; their watchers are told to
+    stop, without waiting (their threads end by themselves)."""
     for closed in [loop for loop in _watchers if loop.is_closed()]:
-        _watchers.pop(closed).stop()
+        _watchers.pop(closed).stop(0.0)
         _users.pop(closed, None)
 
 

@@ -70,7 +70,8 @@ def held_off_tolerance(threshold: float) -> float:
 
 
 class StallListener:
-    """What the watchdog tells the reporting side. Every method runs on the watchdog thread."""
+    """What the watchdog tells the reporting side. Every method runs on the watchdog
+    thread, so it must not block: it hands off anything that may (export, hooks, logs)."""
 
     def on_stall_started(self, stall: Stall) -> None:
         """A stall reached the threshold and is still going on (first sample taken)."""
@@ -128,7 +129,11 @@ class Watchdog:
             self._deadman.reset(self._deadman.delay)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float) -> None:
         """Ask the thread to end and wait for it (not from the watchdog thread itself)."""
         self._stopping.set()
         self._wake.set()
@@ -152,6 +157,8 @@ class Watchdog:
         self._inflight.open_stall = None
         if self._schedstat is not None:
             self._schedstat.close()
+        if self._deadman is not None:  # closed by its only waiter (stop() may not wait)
+            self._deadman.close()
         if not self._stopping.is_set():  # the loop closed, or an internal error
             self._on_exit(error)
         elif error is not None:
@@ -339,7 +346,7 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                stalled_request(thread_id),
+                stalled_request(thread_id, self._loop),
             )
         )
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
+from time import monotonic
 from types import TracebackType
 
 from opentelemetry import metrics, trace
@@ -15,12 +17,19 @@ from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat
 from .inflight import InflightRequests
+from .reporting import worker
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
 from .utilization import UtilizationClock
 from .watchdog import Watchdog, detection_delay
 
 logger = logging.getLogger("loopwatch")
+
+STOP_TIMEOUT = 1.0
+"""The longest :meth:`LoopWatch.stop` takes: it ends the watchdog thread (which never
+waits on reporting, so this is quick) and then waits for reports still queued (spans,
+logs, hooks) up to what is left; a report stuck longer (a hanging exporter) goes on in
+its channel's thread."""
 
 
 class LoopWatch:
@@ -52,6 +61,9 @@ class LoopWatch:
         measure_utilization: bool | None = None,
     ) -> None:
         self.config: Config = resolve_config(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            on_block=on_block,
             threshold=threshold,
             interval=interval,
             enabled=enabled,
@@ -63,8 +75,6 @@ class LoopWatch:
             report_per_minute=report_per_minute,
             measure_utilization=measure_utilization,
         )
-        if on_block is not None and not callable(on_block):
-            raise TypeError(f"on_block={on_block!r} must be a callable taking a BlockEvent")
         self.inflight = InflightRequests()
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
@@ -87,13 +97,9 @@ class LoopWatch:
         if not self.config.enabled:
             return self
         if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                raise RuntimeError(
-                    "LoopWatch.start() needs a loop: call it from a coroutine, "
-                    "or pass the loop: start(loop)"
-                ) from None
+            loop = running_asyncio_loop("LoopWatch.start()")
+        elif not isinstance(loop, asyncio.AbstractEventLoop):
+            raise TypeError(f"LoopWatch.start(loop={loop!r}): loop must be an asyncio event loop")
         with self._lock:
             if self._parts is not None:
                 if loop is not self._loop:
@@ -101,16 +107,24 @@ class LoopWatch:
                 return self
             if loop.is_closed():
                 raise RuntimeError("cannot watch a closed event loop")
-            self._loop = loop
             self._parts = _Running(self, loop)
+            self._loop = loop
         return self
 
-    def stop(self) -> None:
-        """Stop watching; joins the watchdog thread. Does nothing if not started."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop watching: end the watchdog thread and wait for queued reports, within
+        ``timeout`` seconds in all (also on the loop's own thread). Does nothing if not
+        started."""
         with self._lock:
             parts, self._parts = self._parts, None
         if parts is not None:
-            parts.stop()
+            parts.stop(monotonic() + timeout)
+
+    @staticmethod
+    def flush(timeout: float = STOP_TIMEOUT) -> bool:
+        """Wait up to ``timeout`` seconds for the stalls reported so far to reach their
+        spans, logs and hooks (which run off the watchdog thread); whether they did."""
+        return worker.flush(timeout)
 
     def _watchdog_exited(self, error: BaseException | None) -> None:
         """The loop closed without ``stop()`` (or the watchdog failed): tear down quietly."""
@@ -127,7 +141,7 @@ class LoopWatch:
                 parts.deadman.close()
 
     async def __aenter__(self) -> LoopWatch:
-        return self.start(asyncio.get_running_loop())
+        return self.start()
 
     async def __aexit__(
         self,
@@ -142,56 +156,81 @@ class LoopWatch:
         return f"<LoopWatch {state} threshold={self.config.threshold:g}s>"
 
 
+def running_asyncio_loop(caller: str) -> asyncio.AbstractEventLoop:
+    """The running asyncio loop, or an error that says what ``caller`` needs."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{caller} found no running asyncio event loop (loopwatch watches asyncio "
+            "loops only, not trio or curio): call it from a coroutine, or pass the loop "
+            f"to {caller}"
+        ) from None
+
+
 class _Running:
-    """The parts of a started watcher, wired together; undone by :meth:`stop`."""
+    """The parts of a started watcher, wired together; undone by :meth:`stop`.
+
+    If wiring fails half-way (a provider that raises), what was already acquired (the
+    dead man's timer descriptor, the GC clock, the heartbeat) is released before the
+    error propagates: a failed start leaves nothing behind."""
 
     def __init__(self, owner: LoopWatch, loop: asyncio.AbstractEventLoop) -> None:
         config = owner.config
         wake = threading.Event()
-        self.metrics = metrics_for(owner._meter_provider)
-        utilization = UtilizationClock() if config.measure_utilization else None
-        self.gauges = LoopGauges(
-            lambda: self.heartbeat.thread_name,
-            self.metrics.delay,
-            lambda: self.watchdog.ongoing_stall_seconds,
-            utilization,
-        )
-        self.deadman = DeadManSwitch.create(detection_delay(config))
-        self.heartbeat = Heartbeat(
-            loop,
-            config.interval,
-            wake,
-            self.gauges.record_ticks,
-            self.deadman,
-        )
-        self.reporter = Reporter(
-            config,
-            self.heartbeat,
-            self.metrics,
-            owner._tracer_provider,
-            owner._on_block,
-        )
-        self.watchdog = Watchdog(
-            loop,
-            self.heartbeat,
-            config,
-            self.reporter,
-            wake,
-            owner._watchdog_exited,
-            owner.inflight,
-            utilization,
-            self.deadman,
-        )
-        self.metrics.add_loop(self.gauges)
-        GC_CLOCK.acquire()
-        self.heartbeat.start()
-        self.watchdog.start()
+        with contextlib.ExitStack() as undo:
+            self.metrics = metrics_for(owner._meter_provider)
+            utilization = UtilizationClock() if config.measure_utilization else None
+            self.gauges = LoopGauges(
+                lambda: self.heartbeat.thread_name,
+                self.metrics.delay,
+                lambda: self.watchdog.ongoing_stall_seconds,
+                utilization,
+            )
+            self.deadman = DeadManSwitch.create(detection_delay(config))
+            if self.deadman is not None:
+                undo.callback(self.deadman.close)
+            self.heartbeat = Heartbeat(
+                loop,
+                config.interval,
+                wake,
+                self.gauges.record_ticks,
+                self.deadman,
+            )
+            self.reporter = Reporter(
+                config,
+                self.heartbeat,
+                self.metrics,
+                owner._tracer_provider,
+                owner._on_block,
+            )
+            undo.callback(self.reporter.close)
+            self.watchdog = Watchdog(
+                loop,
+                self.heartbeat,
+                config,
+                self.reporter,
+                wake,
+                owner._watchdog_exited,
+                owner.inflight,
+                utilization,
+                self.deadman,
+            )
+            self.metrics.add_loop(self.gauges)
+            undo.callback(self.metrics.remove_loop, self.gauges)
+            GC_CLOCK.acquire()
+            undo.callback(GC_CLOCK.release)
+            self.heartbeat.start()
+            undo.callback(self.heartbeat.stop, record_pending=False)
+            self.watchdog.start()
+            undo.pop_all()  # started: stop() releases it all from now on
 
-    def stop(self) -> None:
-        self.watchdog.stop()
+    def stop(self, deadline: float) -> None:
+        self.watchdog.stop(max(0.0, deadline - monotonic()))
         self.heartbeat.stop()
-        if self.deadman is not None:
+        if self.deadman is not None and not self.watchdog.alive:  # else it closes it
             self.deadman.close()
         self.reporter.close()
         self.metrics.remove_loop(self.gauges)
         GC_CLOCK.release()
+        worker.flush(max(0.0, deadline - monotonic()))

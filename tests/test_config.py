@@ -72,6 +72,18 @@ def test_keyword_arguments_win_over_the_environment() -> None:
         ({"LOOPWATCH_ENABLED": "maybe"}, {}, "LOOPWATCH_ENABLED='maybe' is not a boolean"),
         ({"LOOPWATCH_MAX_FRAMES": "1.5"}, {}, "LOOPWATCH_MAX_FRAMES='1.5' is not a whole number"),
         ({}, {"dump_after": 0.05}, "dump_after=0.05 must be 0 (off) or larger than the threshold"),
+        ({}, {"max_stack_chars": 300.5}, "max_stack_chars=300.5 is not a whole number"),
+        ({}, {"max_frames": 1.5}, "max_frames=1.5 is not a whole number"),
+        ({}, {"report_burst": 2.5}, "report_burst=2.5 is not a whole number"),
+        ({}, {"max_frames": 64.0}, "max_frames=64.0 is not a whole number"),
+        ({}, {"max_frames": True}, "max_frames=True is not a whole number"),
+        ({}, {"threshold": True}, "threshold=True is not a number"),
+        ({}, {"enabled": 1}, "enabled=1 is not a boolean"),
+        ({}, {"measure_utilization": "no"}, "measure_utilization='no' is not a boolean"),
+        ({}, {"threshold": float("nan")}, "threshold=nan is out of range"),
+        ({}, {"skip_modules": 5}, "skip_modules=5 must be a sequence of module names"),
+        ({}, {"skip_modules": ["my lib"]}, "skip_modules=('my lib',) must be a sequence"),
+        ({"LOOPWATCH_SKIP_MODULES": "a,b-c"}, {}, "LOOPWATCH_SKIP_MODULES=('a', 'b-c') must be"),
         (
             {},
             {"skip_modules": "asyncio"},
@@ -84,6 +96,75 @@ def test_invalid_values_name_the_option_value_and_range(
 ) -> None:
     with pytest.raises(ValueError, match="^" + re.escape(expected)):
         resolve_config(environ, **options)
+
+
+def test_a_derived_interval_stays_in_its_range() -> None:
+    """threshold / 20, clamped to 0.5 ms - 60 s (1 ms used to give 50 us)."""
+    assert resolve_config({}, threshold=0.001).interval == 0.0005
+    assert resolve_config({}, threshold=3600).interval == 60.0
+
+
+def test_dump_after_follows_a_long_threshold() -> None:
+    """A threshold of 30 s or more works alone: dump_after defaults to twice it."""
+    assert resolve_config({}, threshold=60).dump_after == 120
+    assert resolve_config({"LOOPWATCH_THRESHOLD_MS": "40000"}).dump_after == 80
+    assert resolve_config({}, threshold=10).dump_after == 30.0
+
+
+@pytest.mark.parametrize(
+    ("environ", "options", "expected"),
+    [
+        (
+            {"LOOPWATCH_THRESHOLD_MS": "60000"},
+            {"dump_after": 30},
+            "dump_after=30 must be 0 (off) or larger than the threshold "
+            "(LOOPWATCH_THRESHOLD_MS=60000)",
+        ),
+        (
+            {"LOOPWATCH_DUMP_AFTER_MS": "50"},
+            {},
+            "LOOPWATCH_DUMP_AFTER_MS=50 must be 0 (off) or larger than the threshold "
+            "(default threshold 0.1 s)",
+        ),
+        (
+            {},
+            {"threshold": 0.004, "interval": 0.005},
+            "interval=0.005 must be smaller than the threshold (threshold=0.004)",
+        ),
+    ],
+)
+def test_a_combination_error_names_only_what_was_set(
+    environ: dict[str, str], options: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(expected)):
+        resolve_config(environ, **options)
+
+
+@pytest.mark.parametrize("option", ["tracer_provider", "meter_provider", "on_block"])
+def test_objects_of_the_wrong_kind_are_rejected_at_construction(option: str) -> None:
+    with pytest.raises(TypeError, match=f"^{option}=5 must be"):
+        loopwatch.LoopWatch(**{option: 5})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=f"^{option}=5 must be"):
+        loopwatch.LoopWatchMiddleware(_no_app, **{option: 5})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"max_frames": 1.5}, "max_frames=1.5 is not a whole number"),
+        ({"metrics_port": 9464.5}, "metrics_port=9464.5 is not a port"),
+        ({"metrics_port": 9464, "metrics_addr": 5}, "metrics_addr=5 is not an address"),
+    ],
+)
+def test_the_middleware_rejects_bad_settings_at_construction(
+    options: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(expected)):
+        loopwatch.LoopWatchMiddleware(_no_app, **options)  # type: ignore[arg-type]
+
+
+async def _no_app(scope: object, receive: object, send: object) -> None:
+    """An ASGI app that is never called."""
 
 
 def test_unknown_option_is_a_type_error() -> None:

@@ -4,6 +4,7 @@ win the GIL back from another thread running Python code, where it ticks less of
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 import loopwatch
 from loopwatch import BlockEvent
-from loopwatch.heartbeat import IDLE_STRETCH, RECORD_BATCH, Heartbeat, Tick
+from loopwatch.heartbeat import IDLE_STRETCH, RECORD_BATCH, TIMER_RESOLUTION, Heartbeat, Tick
 
 from . import workloads
 from .conftest import Telemetry
@@ -63,6 +64,27 @@ async def ticks_while_idle() -> int:
 def test_an_idle_loop_ticks_every_interval(run: Run) -> None:
     counted = run(ticks_while_idle)
     assert counted >= 0.6 * IDLE_SECONDS / INTERVAL  # 200 expected; 120 on a busy machine
+
+
+def test_an_interval_below_the_timer_resolution_ticks_once_a_millisecond(run: Run) -> None:
+    """0.5 ms (the smallest interval, that of a 1 ms threshold) asks the loop for 1 ms:
+    uvloop rounded 0.5 ms down to 0 and ticked at every iteration, a core busy."""
+
+    async def count() -> tuple[int, list[Tick]]:
+        heartbeat = Heartbeat(asyncio.get_running_loop(), 0.0005, threading.Event())
+        heartbeat.start()
+        try:
+            await asyncio.sleep(0.05)
+            before = heartbeat.ticks[-1].number
+            await asyncio.sleep(0.5)
+            return heartbeat.ticks[-1].number - before, list(heartbeat.ticks)
+        finally:
+            heartbeat.stop()
+
+    counted, ticks = run(count)
+    assert counted <= 0.5 / TIMER_RESOLUTION * 1.1
+    for previous, tick in itertools.pairwise(ticks):  # each due 1 ms after the previous
+        assert tick.due - previous.ran >= TIMER_RESOLUTION - 1e-9
 
 
 def test_an_idle_loop_ticks_less_while_another_thread_holds_the_gil(run: Run) -> None:

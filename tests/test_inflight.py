@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from starlette.routing import Route
 
@@ -129,9 +130,11 @@ def test_the_stalled_request_is_found_by_its_scope() -> None:
         inner_layer(routed)
 
     def inner_layer(scope: dict[str, Any]) -> None:
-        reader = threading.Thread(target=lambda: seen.append(stalled_request(thread_id)))
+        reader = threading.Thread(target=lambda: seen.append(stalled_request(thread_id, loop)))
         reader.start()
         reader.join()
+
+    loop = asyncio.new_event_loop()  # not running: no task to follow
 
     outer_layer({"type": "http", "method": "DELETE"})
     assert seen.pop() == RequestSummary("DELETE", "/items/{item_id}")
@@ -141,4 +144,26 @@ def test_the_stalled_request_is_found_by_its_scope() -> None:
     assert request is traced[REQUEST_KEY]
     assert isinstance(request, Request)
     assert (request.method, request.route) == ("GET", "/items/{item_id}")
-    assert stalled_request(thread_id) is None  # no HTTP scope in this stack
+    assert stalled_request(thread_id, loop) is None  # no HTTP scope in this stack
+    loop.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "method", "original"),
+    [
+        ("PATCH", "PATCH", None),
+        ("get", "_OTHER", "get"),  # methods are case-sensitive
+        ("PROPFIND", "_OTHER", "PROPFIND"),
+        ("X" * 1000, "_OTHER", "X" * 64),
+        (None, "_OTHER", None),
+    ],
+)
+def test_an_unknown_method_is_other_with_the_original_kept_apart(
+    sent: str | None, method: str, original: str | None
+) -> None:
+    """Metrics, logs and spans get a standard method or ``_OTHER``; the span may keep
+    what was sent (bounded) in ``http.request.method_original``."""
+    scope = {"type": "http", "method": sent}
+    assert RequestSummary.of(scope) == RequestSummary(method, None, original)
+    request = tracked_scope("GET")[REQUEST_KEY].described_by(scope)
+    assert (request.method, request.method_original) == (method, original)

@@ -498,6 +498,113 @@ def test_jaeger(deployments: dict[str, Manifest], services: dict[str, Manifest])
         _resolve(services, deployments, "jaeger", port)
 
 
+@pytest.fixture(scope="module")
+def jaeger_config(manifests: list[Manifest]) -> dict[str, Any]:
+    """config.yaml of the jaeger-config ConfigMap, parsed."""
+    files = config_map_data(manifests, "jaeger-config")
+    assert set(files) == {"config.yaml"}, f"jaeger-config keys: {sorted(files)}"
+    data: dict[str, Any] = yaml.safe_load(files["config.yaml"])
+    return data
+
+
+def test_jaeger_loads_its_config(deployments: dict[str, Manifest]) -> None:
+    """--config names config.yaml in the mounted jaeger-config ConfigMap."""
+    d = deployments["jaeger"]
+    container = _app_container(deployments, "jaeger")
+    location = option(container.get("args", []), "--config")
+    assert location, f"jaeger args {container.get('args')}: no --config"
+    assert location.startswith("file:"), f"jaeger --config {location}"
+    directory, _, key = location.removeprefix("file:").rpartition("/")
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod_spec(d).get("volumes", [])}
+    assert directory in mounts, f"{directory} is not a volume mount of jaeger"
+    assert volumes[mounts[directory]].get("configMap", {}).get("name") == "jaeger-config"
+    assert key == "config.yaml"
+
+
+def _endpoint_port(section: dict[str, Any], where: str) -> int:
+    host, _, port = str(section.get("endpoint", "")).rpartition(":")
+    assert host == "0.0.0.0", f"{where} listens on {host!r}: other pods could not reach it"
+    return int(port)
+
+
+def test_jaeger_config_listens_where_the_manifests_say(
+    jaeger_config: dict[str, Any], deployments: dict[str, Manifest], services: dict[str, Manifest]
+) -> None:
+    """OTLP gRPC/HTTP and the UI listen on the ports the Service reaches; the probes ask
+    the health check extension."""
+    protocols = jaeger_config["receivers"]["otlp"]["protocols"]
+    query = jaeger_config["extensions"]["jaeger_query"]
+    listening = {
+        _endpoint_port(protocols["grpc"], "OTLP gRPC"),
+        _endpoint_port(protocols["http"], "OTLP HTTP"),
+        _endpoint_port(query["http"], "jaeger_query"),
+    }
+    container = _app_container(deployments, "jaeger")
+    for port in (4317, 4318, 16686):
+        _, _, cport = _resolve(services, deployments, "jaeger", port)
+        assert cport in listening, f"Service jaeger:{port} reaches {cport}, config: {listening}"
+    health = jaeger_config["extensions"]["healthcheckv2"]
+    health_port = _endpoint_port(health["http"], "healthcheckv2")
+    assert health.get("use_v2") is True, "the probes ask /status, healthcheckv2's v2 path"
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert _container_port(container, get["port"]) == health_port, f"jaeger {probe}"
+        assert get["path"] == "/status", f"jaeger {probe} path"
+    assert query.get("enable_tracing") is False, "Jaeger would trace its own queries"
+
+
+def test_jaeger_tail_samples_keeping_every_stall(
+    jaeger_config: dict[str, Any], deployments: dict[str, Manifest]
+) -> None:
+    """The apps send every trace; Jaeger's only processor is tail sampling, which keeps
+    every trace with a span of loopwatch's tracer and a fraction of the others."""
+    for name in APPS:
+        env = container_env(_app_container(deployments, name))
+        assert env.get("OTEL_TRACES_SAMPLER") == "parentbased_always_on", name
+    service = jaeger_config["service"]
+    assert service["pipelines"]["traces"]["processors"] == ["tail_sampling"]
+    assert set(service["extensions"]) <= set(jaeger_config["extensions"])
+    processor = jaeger_config["processors"]["tail_sampling"]
+    policies = {policy["type"]: policy for policy in processor["policies"]}
+    assert set(policies) == {"ottl_condition", "probabilistic"}, f"policies {sorted(policies)}"
+    condition = policies["ottl_condition"]["ottl_condition"]
+    assert condition["span"] == ['instrumentation_scope.name == "loopwatch"']
+    percentage = policies["probabilistic"]["probabilistic"]["sampling_percentage"]
+    assert 0 < percentage < 100, f"sampling_percentage {percentage}"
+    assert re.fullmatch(r"\d+s", str(processor["decision_wait"])), processor["decision_wait"]
+    assert processor["decision_cache"]["sampled_cache_size"] >= processor["num_traces"]
+    assert "non_sampled_cache_size" not in processor["decision_cache"], (
+        "a cached drop decision would drop a stall that arrives after its trace was decided"
+    )
+
+
+def _jaeger_binary() -> str:
+    explicit = os.environ.get("LOOPWATCH_JAEGER_BIN")
+    for candidate in (explicit, shutil.which("jaeger"), str(REPO / ".cache" / "bin" / "jaeger")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    message = "jaeger binary not found (LOOPWATCH_JAEGER_BIN; bash .ci/build-jaeger.sh)"
+    if os.environ.get("LOOPWATCH_E2E_REQUIRED") == "1":
+        pytest.fail(message + "; LOOPWATCH_E2E_REQUIRED=1")
+    pytest.skip(message)
+
+
+def test_jaeger_validates_its_config(manifests: list[Manifest], tmp_path: Path) -> None:
+    """`jaeger validate` (the pinned binary) accepts config.yaml: known components and
+    option names. tests/e2e/test_tail_sampling.py runs it, OTTL condition included."""
+    config = tmp_path / "config.yaml"
+    config.write_text(config_map_data(manifests, "jaeger-config")["config.yaml"])
+    proc = subprocess.run(
+        [_jaeger_binary(), "validate", "--config", f"file:{config}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"jaeger validate failed:\n{proc.stdout}\n{proc.stderr}"
+
+
 def test_prometheus_scrapes_the_apps(
     prometheus_config: dict[str, Any],
     services: dict[str, Manifest],

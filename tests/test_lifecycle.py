@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
 
 import loopwatch
 from loopwatch import BlockEvent
@@ -171,6 +173,35 @@ def test_start_and_stop_leave_no_threads_or_descriptors_behind() -> None:
     assert threading.active_count() == threads_before
     if fds_before:
         assert len(os.listdir("/proc/self/fd")) <= fds_before + 1
+
+
+class _FailingTracerProvider(trace.NoOpTracerProvider):
+    """A provider that passes the construction check and fails when the watcher starts,
+    after the dead man's timer was opened and the heartbeat built."""
+
+    def get_tracer(self, *args: object, **kwargs: object) -> trace.Tracer:
+        raise RuntimeError("no tracer today")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts /proc/self/fd")
+def test_failed_starts_release_what_they_acquired() -> None:
+    """200 starts that fail half-way leak no descriptor, thread or GC callback."""
+    threads_before = threading.active_count()
+    callbacks_before = list(gc.callbacks)
+
+    async def fail_to_start() -> int:
+        fds_before = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):
+            watcher = loopwatch.LoopWatch(0.1, tracer_provider=_FailingTracerProvider())
+            with pytest.raises(RuntimeError, match="no tracer today"):
+                watcher.start()
+            assert not watcher.running
+        await asyncio.sleep(0.05)  # the heartbeats' cancelled first ticks run
+        return len(os.listdir("/proc/self/fd")) - fds_before
+
+    assert asyncio.run(fail_to_start()) == 0
+    assert threading.active_count() == threads_before
+    assert gc.callbacks == callbacks_before
 
 
 def _child_after_fork(queue: multiprocessing.Queue[object]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 
 from opentelemetry.util.types import AttributeValue
 
@@ -21,6 +23,8 @@ class Description:
     event: BlockEvent
     stack_truncated: bool
     resumed_in: FrameInfo | None
+    method_original: str | None = None
+    """An unknown HTTP method as sent (``event.http_method`` is then ``_OTHER``)."""
 
     @property
     def culprit_key(self) -> str:
@@ -58,6 +62,8 @@ class Description:
             attributes["http.route"] = event.http_route
         if event.http_method:
             attributes["http.request.method"] = event.http_method
+        if self.method_original:
+            attributes["http.request.method_original"] = self.method_original
         attributes["loopwatch.delayed_requests"] = event.delayed_requests
         return attributes
 
@@ -101,4 +107,36 @@ def describe(
         http_method=request.method if request else None,
         delayed_requests=delayed_requests,
     )
-    return Description(event, truncated, resumed_in)
+    method_original = request.method_original if request else None
+    return Description(event, truncated, resumed_in, method_original)
+
+
+@dataclasses.dataclass(frozen=True)
+class StallReport:
+    """A stall as it was when reported: a copy the watchdog no longer changes."""
+
+    stall: Stall
+    config: Config
+    thread: tuple[int, str]
+    request: AnyRequest | None
+    delayed_requests: int = 0
+    now: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        stall: Stall,
+        config: Config,
+        thread: tuple[int, str],
+        delayed_requests: int = 0,
+        now: float | None = None,
+    ) -> StallReport:
+        frozen = dataclasses.replace(stall, samples=list(stall.samples), in_flight=None)
+        return cls(frozen, config, thread, frozen.request, delayed_requests, now)
+
+    @cached_property
+    def description(self) -> Description:
+        """Described on first use, off the watchdog thread (reads source lines)."""
+        return describe(
+            self.stall, self.config, self.thread, self.request, self.delayed_requests, now=self.now
+        )

@@ -97,6 +97,12 @@ class LoopMetrics:
             description="Duration of each stall of the event loop at or above the threshold.",
             explicit_bucket_boundaries_advisory=BLOCK_BUCKETS,
         )
+        self.reports_dropped = meter.create_counter(
+            "loopwatch.reports.dropped",
+            unit="{report}",
+            description="Reports (spans, log lines, on_block calls) dropped because their "
+            "channel's queue was full, by loopwatch.channel.",
+        )
         meter.create_observable_gauge(
             "asyncio.eventloop.delay.max",
             callbacks=[self._observe_max_delay],

@@ -1,9 +1,17 @@
-"""Receives the watchdog's stall notices and fans them out to every reporting channel."""
+"""Receives the watchdog's stall notices: records metrics, hands everything else off.
+
+On the watchdog thread it only records the stall's metrics (in memory, for every stall),
+arms and disarms the stack dump and settles the requests a stall held up. Logs, spans and
+``on_block`` hooks (which may block: a log handler, a span exporter, user code) run on
+their own :mod:`.worker` channels, from a copy of the stall taken when it was reported
+(the watchdog goes on changing the stall itself).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from time import monotonic
 
 from opentelemetry import trace
@@ -17,7 +25,8 @@ from ..inflight import NOTHING_IN_FLIGHT, victims
 from ..ratelimit import RateLimiter
 from ..stall import Stall
 from ..watchdog import StallListener
-from .describe import Description, describe
+from . import worker
+from .describe import StallReport
 from .logs import log_stall
 from .metrics import LoopMetrics
 from .spans import SpanReporter
@@ -43,55 +52,58 @@ class Reporter(StallListener):
         self._metrics = metrics
         self._spans = SpanReporter(tracer_provider, config)
         self._on_block = on_block
-        self._limiter = RateLimiter(config.report_burst, config.report_per_minute)
+        self._log_limiter = RateLimiter(config.report_burst, config.report_per_minute)
         self._hook_failed = False
-        self._reported: dict[int, tuple[bool, int]] = {}
+        self._logged_live: set[int] = set()  # stalls (by number) reported while ongoing
+        self._spans_lost = 0  # span reports dropped by a full queue, not yet handed on
 
     def on_stall_started(self, stall: Stall) -> None:
         if self._config.dump_after > 0:
             dump.arm(self, self._config.dump_after - (monotonic() - stall.start))
         if stall.suppressed:
             return
-        description = self._describe(stall, now=monotonic())
-        allowed, dropped = self._limiter.allow(description.culprit_key)
-        self._reported[id(stall)] = (allowed, dropped)
-        if allowed:
-            log_stall(description, ongoing=True, dropped_reports=dropped)
-        self._call_hook(description.event)
+        self._logged_live.add(stall.number)
+        report = StallReport.of(stall, self._config, self._thread(), now=monotonic())
+        self._submit(worker.LOGS, partial(self._log, report, ongoing=True))
+        if self._on_block is not None:
+            self._submit(worker.HOOKS, partial(self._call_hook, report))
 
     def on_stall_ended(self, stall: Stall, before: Tick, after: Tick) -> None:
         dump.disarm(self)
         end = stall.end if stall.end is not None else after.ran
-        request = stall.request
         self._metrics.block_duration.record(end - stall.start, self._metric_attributes(stall))
+        logged_live = stall.number in self._logged_live
+        self._logged_live.discard(stall.number)
         if stall.suppressed:
-            self._reported.pop(id(stall), None)
             return
+        request = stall.request
         in_flight = stall.in_flight or NOTHING_IN_FLIGHT
         delayed = victims(in_flight.tracked, stall.start, end, request)
         for victim in delayed:
             victim.settle(stall.number, stall.start, end)
         delayed_count = len(delayed) + in_flight.untracked
-        description = describe(stall, self._config, self._thread(), request, delayed_count)
-        decision = self._reported.pop(id(stall), None)
-        if decision is None:
-            decision = self._limiter.allow(description.culprit_key)
-            if decision[0]:
-                log_stall(description, ongoing=False, dropped_reports=decision[1])
-        allowed, dropped = decision
-        if allowed:
-            delayed_spans = [victim.span for victim in delayed]
-            delayed_spans += in_flight.untracked_spans
-            self._spans.emit(description, stall.span, stall.start, end, delayed_spans, dropped)
-        self._call_hook(description.event)
+        report = StallReport.of(stall, self._config, self._thread(), delayed_requests=delayed_count)
+        if not logged_live:
+            self._submit(worker.LOGS, partial(self._log, report, ongoing=False))
+        delayed_spans = [victim.span for victim in delayed] + in_flight.untracked_spans
+        lost, self._spans_lost = self._spans_lost, 0
+        emit = partial(self._spans.emit, report, stall.span, stall.start, end, delayed_spans, lost)
+        if not self._submit(worker.SPANS, emit):
+            self._spans_lost += lost + 1
+        if self._on_block is not None:
+            self._submit(worker.HOOKS, partial(self._call_hook, report))
 
     def close(self) -> None:
         """Cancel a pending stack dump (the watcher is stopping)."""
         dump.disarm(self)
+        self._logged_live.clear()
 
-    def _describe(self, stall: Stall, now: float) -> Description:
-        request = stall.request
-        return describe(stall, self._config, self._thread(), request, 0, now=now)
+    def _submit(self, channel: str, job: worker.Job) -> bool:
+        """Queue a report; a full queue drops it, counted by channel."""
+        if worker.channel(channel).submit(job):
+            return True
+        self._metrics.reports_dropped.add(1, {"loopwatch.channel": channel})
+        return False
 
     def _thread(self) -> tuple[int, str]:
         return self._heartbeat.thread_id or 0, self._heartbeat.thread_name
@@ -106,12 +118,18 @@ class Reporter(StallListener):
             attributes["http.request.method"] = request.method
         return attributes
 
-    def _call_hook(self, event: BlockEvent) -> None:
-        hook = self._on_block
-        if hook is None:
-            return
+    def _log(self, report: StallReport, *, ongoing: bool) -> None:
+        """On the logs channel: one line per stall, rate-limited per culprit."""
+        description = report.description
+        allowed, dropped = self._log_limiter.allow(description.culprit_key)
+        if allowed:
+            log_stall(description, ongoing=ongoing, dropped_reports=dropped)
+
+    def _call_hook(self, report: StallReport) -> None:
+        """On the hooks channel: the user's ``on_block``; its first error is logged."""
+        assert self._on_block is not None
         try:
-            hook(event)
+            self._on_block(report.description.event)
         except Exception:
             if not self._hook_failed:
                 self._hook_failed = True

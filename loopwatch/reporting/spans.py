@@ -1,4 +1,4 @@
-"""The back-dated ``loop.blocked`` span, created and ended on the watchdog thread."""
+"""The back-dated ``loop.blocked`` span, created and ended on the spans channel."""
 
 from __future__ import annotations
 
@@ -7,30 +7,41 @@ from opentelemetry import trace
 
 from .._version import __version__
 from ..config import Config
+from ..ratelimit import RateLimiter
 from ..timebase import epoch_ns
-from .describe import Description
+from .describe import StallReport
 
 MAX_LINKS = 32
 
 
 class SpanReporter:
-    """Hands one span per reported stall to the app's tracer provider."""
+    """Hands one span per reported stall to the app's tracer provider, rate-limited per
+    culprit. Used from the spans channel's thread only."""
 
     def __init__(self, tracer_provider: trace.TracerProvider | None, config: Config) -> None:
         self._tracer = trace.get_tracer("loopwatch", __version__, tracer_provider=tracer_provider)
         self._config = config
+        self._limiter = RateLimiter(config.report_burst, config.report_per_minute)
+        self._lost = 0
 
     def emit(
         self,
-        description: Description,
+        report: StallReport,
         parent: trace.Span | None,
         start: float,
         end: float,
         delayed: list[trace.Span],
-        dropped_reports: int,
+        lost: int,
     ) -> None:
         """Create the span for a finished stall; ``start``/``end`` are monotonic seconds;
-        ``delayed`` are spans of the requests it held up, to link."""
+        ``delayed`` are spans of the requests it held up, to link; ``lost`` counts span
+        reports a full queue dropped since the previous call.
+
+        The rate limit's token is spent only on a span the sampler records: the span is
+        started first, and one the limiter then refuses is never ended (so never exported).
+        """
+        self._lost += lost
+        description = report.description
         links: list[trace.Link] = []
         if parent is not None and parent.get_span_context().trace_flags.sampled:
             context = trace.set_span_in_context(parent)
@@ -43,8 +54,6 @@ class SpanReporter:
         attributes = description.attributes(self._config)
         if len(delayed) > MAX_LINKS:
             attributes["loopwatch.links.dropped"] = len(delayed) - MAX_LINKS
-        if dropped_reports:
-            attributes["loopwatch.reports.dropped"] = dropped_reports
         span = self._tracer.start_span(
             "loop.blocked",
             context=context,
@@ -53,4 +62,12 @@ class SpanReporter:
             links=links,
             start_time=epoch_ns(start),
         )
+        if not span.is_recording():
+            return  # not sampled: no token spent
+        allowed, limited = self._limiter.allow(description.culprit_key)
+        if not allowed:
+            return
+        dropped, self._lost = limited + self._lost, 0
+        if dropped:
+            span.set_attribute("loopwatch.reports.dropped", dropped)
         span.end(end_time=epoch_ns(end))

@@ -121,13 +121,15 @@ def prometheus_bin() -> str:
     )
 
 
-@pytest.fixture(scope="session")
-def jaeger(jaeger_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerServer]:
-    """A Jaeger v2 with in-memory storage, listening on 127.0.0.1 only.
+def start_jaeger(
+    jaeger_bin: str, config: Path, workdir: Path, name: str = "jaeger"
+) -> JaegerServer:
+    """Start Jaeger v2 with ``config``, listening on 127.0.0.1 only; wait until it serves.
 
-    It gets none of the test's OTEL_* variables: they are for the app under test.
+    ``config`` reads its ports from ``LOOPWATCH_E2E_{OTLP_HTTP,QUERY_HTTP,QUERY_GRPC,
+    HEALTH}_PORT``, which get free ports. It gets none of the test's OTEL_* variables:
+    they are for the app under test. The caller stops ``server.process``.
     """
-    workdir = tmp_path_factory.mktemp("jaeger")
 
     def start(attempt: int) -> JaegerServer:
         otlp_port, query_port, grpc_port = free_port(), free_port(), free_port()
@@ -135,12 +137,13 @@ def jaeger(jaeger_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             LOOPWATCH_E2E_OTLP_HTTP_PORT=str(otlp_port),
             LOOPWATCH_E2E_QUERY_HTTP_PORT=str(query_port),
             LOOPWATCH_E2E_QUERY_GRPC_PORT=str(grpc_port),
+            LOOPWATCH_E2E_HEALTH_PORT=str(free_port()),
         )
         process = ManagedProcess(
-            "jaeger",
-            [jaeger_bin, "--config", f"file:{JAEGER_CONFIG}"],
+            name,
+            [jaeger_bin, "--config", f"file:{config}"],
             env=env,
-            log_path=workdir / f"jaeger-{attempt}.log",
+            log_path=workdir / f"{name}-{attempt}.log",
             cwd=workdir,
         )
         server = JaegerServer(
@@ -161,13 +164,19 @@ def jaeger(jaeger_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             return services.status_code == 200 and export.status_code == 200
 
         try:
-            wait_until(ready, what="Jaeger", process=process)
+            wait_until(ready, what=name, process=process)
         except BaseException:
             process.stop()
             raise
         return server
 
-    server = _start_with_retries(start)
+    return _start_with_retries(start)
+
+
+@pytest.fixture(scope="session")
+def jaeger(jaeger_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerServer]:
+    """A Jaeger v2 with in-memory storage and no sampling (tests/e2e/jaeger-config.yaml)."""
+    server = start_jaeger(jaeger_bin, JAEGER_CONFIG, tmp_path_factory.mktemp("jaeger"))
     try:
         yield server
     finally:

@@ -60,18 +60,20 @@ class Otel:
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
 
-    def blocked_spans(self, count: int = 1) -> list[ReadableSpan]:
-        """The ``loop.blocked`` spans naming :func:`blocking_work`, once ``count`` exist.
+    def blocked_spans(self, count: int = 1, function: str | None = None) -> list[ReadableSpan]:
+        """The ``loop.blocked`` spans naming ``function`` (default :func:`blocking_work`),
+        once ``count`` exist.
 
         Other stalls (a slow machine importing or compiling modules on the loop at
         start-up) are left out: the tests assert on the stalls they cause.
         """
+        function = function or culprit_name()
         wait_until(
-            lambda: len(self._ours()) >= count,
+            lambda: len(self._ours(function)) >= count,
             SPAN_WAIT_S,
-            f"{count} loop.blocked span(s) naming {culprit_name()}",
+            f"{count} loop.blocked span(s) naming {function}",
         )
-        return self._ours()
+        return self._ours(function)
 
     def server_spans(self, route: str) -> list[ReadableSpan]:
         """The finished SERVER spans of ``route``."""
@@ -92,11 +94,11 @@ class Otel:
             if all((point.attributes or {}).get(key) == v for key, v in attributes.items())
         ]
 
-    def _ours(self) -> list[ReadableSpan]:
+    def _ours(self, function: str) -> list[ReadableSpan]:
         return [
             span
             for span in self._named("loop.blocked")
-            if (span.attributes or {}).get("code.function.name") == culprit_name()
+            if (span.attributes or {}).get("code.function.name") == function
         ]
 
     def _named(self, name: str) -> list[ReadableSpan]:

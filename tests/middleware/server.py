@@ -108,9 +108,14 @@ class InProcessServer:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: Any, *, loop: str, lifespan: Literal["auto", "on", "off"] = "on"
+    app: Any,
+    *,
+    loop: str,
+    lifespan: Literal["auto", "on", "off"] = "on",
+    http: Literal["auto", "h11", "httptools"] = "auto",
 ) -> Iterator[InProcessServer]:
-    """Serve ``app`` with uvicorn (``--loop loop``, ``--lifespan lifespan``) on a free port."""
+    """Serve ``app`` with uvicorn (``--loop loop``, ``--lifespan lifespan``, ``--http
+    http``) on a free port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -119,6 +124,7 @@ def serve_in_thread(
         app,
         loop=loop,
         lifespan=lifespan,
+        http=http,
         log_config=None,
         log_level="warning",
         access_log=False,

@@ -1,0 +1,98 @@
+"""Where loopwatch cannot watch, the app runs as without it: a trio server passes every
+request through, and a new loop per request (a test client used without ``with``) leaves
+no watcher, thread or per-loop entry behind and costs little."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from websockets.sync.client import connect
+
+with warnings.catch_warnings():  # Starlette's notice that its client prefers httpx2
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from loopwatch import LoopWatchMiddleware, registry
+
+from .conftest import watchdog_threads
+from .server import (
+    HTTP_TIMEOUT_S,
+    child_environ,
+    free_port,
+    python_module,
+    run_process,
+    wait_http_ok,
+)
+from .test_lifecycle import installed_middleware
+
+REQUESTS = 22
+UNWATCHED = "requests pass through unwatched"
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
+def test_trio_server_passes_requests_through(traced: bool, tmp_path: Path) -> None:
+    """hypercorn's trio worker: lifespan, every request and a websocket pass through; one
+    line says why the app is not watched, and nothing raises."""
+    port = free_port()
+    argv = python_module(
+        "hypercorn",
+        "--worker-class",
+        "trio",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "tests.middleware.apps.served:app",
+    )
+    env = child_environ(MIDDLEWARE_TEST_TRACED="1" if traced else "0")
+    with run_process(argv, env=env, log_path=tmp_path / "log") as server:
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/health", server)
+        statuses = [
+            httpx.get(f"{url}/block?seconds=0.01", timeout=HTTP_TIMEOUT_S).status_code
+            for _ in range(REQUESTS)
+        ]
+        with connect(f"ws://127.0.0.1:{port}/echo", open_timeout=HTTP_TIMEOUT_S) as websocket:
+            websocket.send("hello")
+            echoed = websocket.recv(timeout=HTTP_TIMEOUT_S)
+        output = server.output()
+    assert statuses == [200] * REQUESTS, output
+    assert echoed == "hello", output
+    assert "Traceback" not in output, output
+    assert output.count(UNWATCHED) == 1, output
+
+
+def app_with_middleware(loopwatch: bool) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, int]:
+        return {"ok": 1}
+
+    if loopwatch:
+        app.add_middleware(LoopWatchMiddleware, threshold=0.1)
+    return app
+
+
+def test_a_new_loop_per_request_leaves_nothing_behind() -> None:
+    """300 requests, each on its own loop: all answered, at most the last loop's watcher
+    is left, and a request costs at most about a millisecond of CPU more."""
+    clients = {watched: TestClient(app_with_middleware(watched)) for watched in (False, True)}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    statuses: list[int] = []
+    for round_ in range(12):  # alternating batches of 25: the machine's load hits both
+        for watched in (False, True) if round_ % 2 else (True, False):
+            started = time.process_time()
+            statuses += [clients[watched].get("/").status_code for _ in range(25)]
+            cpu[watched].append((time.process_time() - started) / 25)
+    assert statuses == [200] * 600
+    middleware = installed_middleware(clients[True].app)  # type: ignore[arg-type]
+    assert len(middleware._watchers) <= 1
+    assert len([loop for loop in registry._watchers if loop.is_closed()]) <= 1
+    assert watchdog_threads() <= 1
+    extra = statistics.median(cpu[True]) - statistics.median(cpu[False])
+    assert extra < 0.0012, f"{extra * 1e3:.2f} ms of CPU more per request"
