@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         plain = run_suite(name, suites[name], sources[name], inject=False)
         injected = run_suite(name, suites[name], sources[name], inject=True)
         rows.append((name, plain, injected))
-        problems += check(name, plain, injected)
+        problems += check(name, suites[name].get("expected", {}), plain, injected)
     summarize(rows)
     for problem in problems:
         print(f"ERROR: {problem}")
@@ -185,7 +185,8 @@ def only_with_loopwatch(plain: Run, injected: Run) -> list[str]:
     return sorted((injected.failing() - plain.failing()) | missing)
 
 
-def check(name: str, plain: Run, injected: Run) -> list[str]:
+def check(name: str, expected: dict[str, str], plain: Run, injected: Run) -> list[str]:
+    """What fails CI; tests in ``expected`` (suites.toml) are only noted, with their reason."""
     problems = []
     for mode, run in (("plain", plain), ("injected", injected)):
         if run.exit_code not in (0, 1) or not run.outcomes:
@@ -193,7 +194,9 @@ def check(name: str, plain: Run, injected: Run) -> list[str]:
                 f"{name} {mode}: pytest exited {run.exit_code} with "
                 f"{len(run.outcomes)} tests reported (see its log)"
             )
-    only = only_with_loopwatch(plain, injected)
+    only = [test for test in only_with_loopwatch(plain, injected) if test not in expected]
+    for test in sorted(set(only_with_loopwatch(plain, injected)) & set(expected)):
+        print(f"NOTE: {name}: {test} fails only with loopwatch, as expected: {expected[test]}")
     if only:
         problems.append(f"{name}: {len(only)} tests fail only with loopwatch:")
         for test in only[:25]:
