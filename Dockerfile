@@ -10,8 +10,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml README.md LICENSE ./
 COPY loopwatch/ loopwatch/
+# The wheel carries example/ for `loopwatch demo` (pyproject's package-dir); the app the
+# image serves is the copy in /app below.
+COPY example/ example/
 # Versions come from pyproject.toml's ranges (no lock file in the project).
 # hadolint ignore=DL3013
 RUN pip install ".[demo]"

@@ -8,6 +8,9 @@ runs once with and once without it, in a random order, and gives one ratio of th
 CPU time per task switch (every thread: loopwatch's watchdog included). A drift slower than
 a pair cancels out; an A/A row (nothing switched) shows what is left.
 
+On trio (``await trio.sleep(0)``) only loopwatch and the A/A control are toggled: the
+baselines are asyncio timers.
+
 Each row runs in :data:`SEGMENTS` fresh interpreters (``python -m bench.switching ...``,
 JSON on stdout), the rows' segments in a shuffled order; the estimate is the median ratio,
 with a bootstrap 95 % interval that resamples segments, then pairs.
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import trio
 import uvloop
 
 from loopwatch import LoopWatch
@@ -145,6 +149,50 @@ async def segment(
     return windows
 
 
+async def trio_segment(
+    tasks: int, toggle: str, held: str | None, seconds: float, seed: int
+) -> list[Window]:
+    """:func:`segment` on trio: the tasks switch with ``trio.sleep(0)``."""
+    rng = random.Random(seed)
+    windows: list[Window] = []
+
+    async def switch_until(deadline: float) -> int:
+        switches, sleep, clock = 0, trio.sleep, time.monotonic
+        while clock() < deadline:
+            for _ in range(CHUNK):
+                await sleep(0)
+            switches += CHUNK
+        return switches
+
+    async def switch_forever(stopped: trio.Event) -> None:
+        sleep = trio.sleep
+        while not stopped.is_set():
+            await sleep(0)
+
+    undo_held = TOGGLES[held]() if held else None
+    stopped = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks - 1):
+            nursery.start_soon(switch_forever, stopped)
+        ends = time.monotonic() + seconds
+        order: list[bool] = []
+        while time.monotonic() < ends or order:
+            if not order:
+                order = rng.sample([False, True], 2)
+            on = order.pop(0)
+            undo = TOGGLES[toggle]() if on else None
+            await switch_until(time.monotonic() + SETTLE)
+            cpu, began = time.process_time(), time.monotonic()
+            switches = await switch_until(began + WINDOW)
+            windows.append({"on": on, "cpu_per_switch": (time.process_time() - cpu) / switches})
+            if undo is not None:
+                undo()
+        stopped.set()
+    if undo_held is not None:
+        undo_held()
+    return windows
+
+
 def pair_ratios(windows: list[Window]) -> list[float]:
     """CPU per switch with against without, one ratio per pair of windows."""
     ratios = []
@@ -166,6 +214,9 @@ def rows(quick: bool) -> list[dict[str, Any]]:
             found += [{"loop": loop, "tasks": tasks, "toggle": t, "held": None} for t in toggles]
             found.append({"loop": loop, "tasks": tasks, "toggle": LOOPWATCH,
                           "held": TIMER_AND_THREAD})  # fmt: skip
+    for tasks in (100, 1):
+        found += [{"loop": "trio", "tasks": tasks, "toggle": t, "held": None}
+                  for t in (NOTHING, LOOPWATCH)]  # fmt: skip
     return found
 
 
@@ -213,6 +264,10 @@ def run(quick: bool) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> None:
     loop, tasks, toggle, held, seconds, seed = argv
+    if loop == "trio":
+        args = (int(tasks), toggle, held or None, float(seconds), int(seed))
+        print(json.dumps(trio.run(trio_segment, *args)))
+        return
     run_on: Callable[[Coroutine[Any, Any, list[Window]]], list[Window]] = (
         uvloop.run if loop == "uvloop" else asyncio.run
     )

@@ -1,4 +1,4 @@
-"""loopwatch: find the code that blocks your asyncio event loop.
+"""loopwatch: find the code that blocks your asyncio event loop (or trio run).
 
 A heartbeat on the loop and a watchdog thread measure loop lag; while the loop is stalled
 the watchdog samples its stack, and when the stall ends it emits a back-dated

@@ -1,4 +1,4 @@
-"""The ``loopwatch`` command: ``loopwatch demo``."""
+"""The ``loopwatch`` command: ``loopwatch demo``, ``loopwatch --version``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from loopwatch._version import __version__
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loopwatch",
         description="Find the code that blocks your asyncio event loop.",
     )
+    parser.add_argument("--version", action="version", version=f"loopwatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -19,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Serve the example FastAPI app (bottlenecks, optimized and process modes) on a "
             "local port, send it the article's requests and report stalls, loop delay and "
-            "latency. Needs a source checkout and `pip install -e '.[demo]'`; no Jaeger."
+            "latency. Needs `pip install 'loopwatch[demo]'`; no Jaeger."
         ),
     )
     demo.add_argument(
@@ -39,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # the demo's dependencies are an extra, so `loopwatch --help` works without them
         from loopwatch.demo import run_demo
     except ModuleNotFoundError as error:
-        print(f"loopwatch demo: {error}; install the demo extra: pip install -e '.[demo]'")
+        print(f"loopwatch demo: {error}; install the demo extra: pip install 'loopwatch[demo]'")
         return 2
     return run_demo(otlp_endpoint=args.otlp_endpoint)
 

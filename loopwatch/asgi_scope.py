@@ -46,10 +46,10 @@ class StalledHttp(NamedTuple):
     route: str | None
 
 
-def stalled_http(thread_id: int, loop: asyncio.AbstractEventLoop) -> StalledHttp:
+def stalled_http(thread_id: int, loop: asyncio.AbstractEventLoop | None) -> StalledHttp:
     """The HTTP scopes of the request that the stalled loop thread ``thread_id`` serves:
     in its stack, else in the tasks waiting for the running task (a view run in a child
-    task), nearest first."""
+    task; asyncio only: ``loop`` is ``None`` elsewhere), nearest first."""
     scopes: Scopes = []
     routes: list[str] = []
     frame: FrameType | None = sys._current_frames().get(thread_id)
@@ -58,7 +58,7 @@ def stalled_http(thread_id: int, loop: asyncio.AbstractEventLoop) -> StalledHttp
             break
         _add_http_scope(frame, scopes, routes)
         frame = frame.f_back
-    if not scopes:
+    if not scopes and loop is not None:
         for task in _awaiting_running(loop)[1:]:
             chain_routes: list[str] = []
             scopes.extend(reversed(_http_in_chain(_coro_of(task), chain_routes)))

@@ -29,6 +29,7 @@ DEFAULT_SKIP_MODULES: tuple[str, ...] = (
     "starlette",
     "fastapi",
     "anyio",
+    "trio",
     "opentelemetry",
     "loopwatch",
     "concurrent.futures",

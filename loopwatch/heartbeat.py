@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
+from .trio_loop import TrioLoop, TrioTimer
 
 logger = logging.getLogger("loopwatch")
 
@@ -99,7 +100,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | TrioLoop,
         interval: float,
         wake_watchdog: threading.Event,
         record: Callable[[Sequence[Tick]], None] | None = None,
@@ -126,7 +127,7 @@ class Heartbeat:
         self._due = 0.0
         self._gil_wait = gil_wait(sys.getswitchinterval())
         self._previous_cpu = 0.0
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.TimerHandle | TrioTimer | None = None
         self._running = False
 
     def start(self) -> None:

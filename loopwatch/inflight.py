@@ -177,7 +177,7 @@ def kept_request(scopes: Scopes) -> Request | None:
     return None
 
 
-def stalled_request(thread_id: int, loop: asyncio.AbstractEventLoop) -> AnyRequest | None:
+def stalled_request(thread_id: int, loop: asyncio.AbstractEventLoop | None) -> AnyRequest | None:
     """The request the stalled loop thread ``thread_id`` serves, found by the HTTP scopes
     in its stack (or in the tasks waiting for its task) and described by the innermost
     (read off-loop, during the stall)."""

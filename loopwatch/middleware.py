@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
@@ -24,7 +25,8 @@ from .inflight import REQUEST_KEY, InflightRequests, OpenStall, Request
 from .metrics_server import requested_server, start_metrics_server
 from .reporting.reporter import BlockHook
 from .task_context import OTEL_CONTEXT_VARIABLE, OTEL_SPAN_KEY
-from .watcher import LoopWatch
+from .trio_loop import TrioLoop, current_trio_loop
+from .watcher import LoopWatch, WatchedLoop
 
 logger = logging.getLogger("loopwatch")
 
@@ -81,7 +83,7 @@ class LoopWatchMiddleware:
         }
         self._enabled = resolve_config(**self._options).enabled
         self._metrics_server = requested_server(metrics_port, metrics_addr)
-        self._watchers: dict[asyncio.AbstractEventLoop, LoopWatch | None] = {}
+        self._watchers: dict[WatchedLoop, LoopWatch | None] = {}
         # The watchers that lifespan start-ups started, by the thread of their loop, from
         # start-up complete to shutdown: a loop runs in one thread, and the thread's id is
         # cheaper to get than the loop. While any is there, the server sends lifespan
@@ -137,13 +139,13 @@ class LoopWatchMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def _start_without_lifespan(self, loop: asyncio.AbstractEventLoop) -> LoopWatch | None:
+    async def _start_without_lifespan(self, loop: WatchedLoop) -> LoopWatch | None:
         """The server runs without lifespan: the watcher starts with the first request on
         its loop. Yields once so that the heartbeat's first tick runs: a stall in this
         very request is then seen."""
         watcher = self._watcher(loop)
         if watcher is not None:
-            await asyncio.sleep(0)
+            await (_trio_checkpoint() if isinstance(loop, TrioLoop) else asyncio.sleep(0))
         return watcher
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
@@ -172,7 +174,7 @@ class LoopWatchMiddleware:
 
     def _started_by_lifespan(self) -> None:
         """Start-up is complete: requests on this thread need not look for their loop's
-        watcher (``None`` where there is no asyncio loop: they pass through)."""
+        watcher (``None`` where there is no loop to watch: they pass through)."""
         loop = _running_loop()
         watcher = self._watchers.get(loop) if loop is not None else None
         self._lifespan_watchers[threading.get_ident()] = watcher
@@ -184,7 +186,7 @@ class LoopWatchMiddleware:
         except Exception:
             _failed_once("at lifespan start-up")
 
-    def _watcher(self, loop: asyncio.AbstractEventLoop) -> LoopWatch | None:
+    def _watcher(self, loop: WatchedLoop) -> LoopWatch | None:
         """``loop``'s watcher, acquired once per loop by this middleware. Watchers of
         loops closed since are released first: with a new loop per request (a test
         client), their state does not pile up."""
@@ -237,14 +239,23 @@ class LoopWatchMiddleware:
                 _failed_once("at lifespan shutdown")
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop; ``None`` under another library (trio, curio), whose
-    apps then pass through unwatched (said once per process)."""
+def _running_loop() -> WatchedLoop | None:
+    """The running asyncio loop or trio run; ``None`` under another library (curio),
+    whose apps then pass through unwatched (said once per process)."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
+        pass
+    trio_loop = current_trio_loop()
+    if trio_loop is None:
         _unwatched_once()
-        return None
+    return trio_loop
+
+
+def _trio_checkpoint() -> Awaitable[None]:
+    """Trio's yield to its scheduler (trio is running, hence imported)."""
+    checkpoint: Callable[[], Awaitable[None]] = sys.modules["trio"].lowlevel.checkpoint
+    return checkpoint()
 
 
 _said: set[str] = set()
@@ -254,7 +265,7 @@ def _unwatched_once() -> None:
     if "unwatched" not in _said:
         _said.add("unwatched")
         logger.warning(
-            "loopwatch: no asyncio event loop is running (trio or another async library "
+            "loopwatch: no asyncio event loop or trio run is running (another async library "
             "serves the app): requests pass through unwatched"
         )
 

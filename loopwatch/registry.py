@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from typing import Any
 
-from .watcher import STOP_TIMEOUT, LoopWatch, running_asyncio_loop
+from .watcher import STOP_TIMEOUT, LoopWatch, WatchedLoop, running_loop
 
-_watchers: dict[asyncio.AbstractEventLoop, LoopWatch] = {}
-_users: dict[asyncio.AbstractEventLoop, int] = {}
+_watchers: dict[WatchedLoop, LoopWatch] = {}
+_users: dict[WatchedLoop, int] = {}
 _lock = threading.RLock()
 
 
-def watch(loop: asyncio.AbstractEventLoop | None = None, **config: Any) -> LoopWatch:
+def watch(loop: WatchedLoop | None = None, **config: Any) -> LoopWatch:
     """The started watcher of ``loop`` (default: the running loop), created on first use.
 
     Later calls for the same loop return the same watcher; their options are ignored.
@@ -30,7 +29,7 @@ def watch(loop: asyncio.AbstractEventLoop | None = None, **config: Any) -> LoopW
         return watcher
 
 
-def acquire(loop: asyncio.AbstractEventLoop, **config: Any) -> LoopWatch:
+def acquire(loop: WatchedLoop, **config: Any) -> LoopWatch:
     """Like :func:`watch`, counting users so that the last :func:`release` stops it."""
     with _lock:
         watcher = watch(loop, **config)
@@ -38,7 +37,7 @@ def acquire(loop: asyncio.AbstractEventLoop, **config: Any) -> LoopWatch:
         return watcher
 
 
-def release(loop: asyncio.AbstractEventLoop, timeout: float = STOP_TIMEOUT) -> None:
+def release(loop: WatchedLoop, timeout: float = STOP_TIMEOUT) -> None:
     """One user of the loop's watcher is done; stop it when none is left (waiting up to
     ``timeout`` seconds for its thread and reports, see :meth:`LoopWatch.stop`)."""
     with _lock:
@@ -52,8 +51,8 @@ def release(loop: asyncio.AbstractEventLoop, timeout: float = STOP_TIMEOUT) -> N
         watcher.stop(timeout)
 
 
-def _resolve(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
-    return loop if loop is not None else running_asyncio_loop("loopwatch.watch()")
+def _resolve(loop: WatchedLoop | None) -> WatchedLoop:
+    return loop if loop is not None else running_loop("loopwatch.watch()")
 
 
 def _forget_closed_loops() -> None:

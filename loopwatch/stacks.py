@@ -50,10 +50,11 @@ class CulpritFinder:
     def culprit(self, sample: Sample) -> RawFrame | None:
         """The culprit frame of ``sample``, or ``None`` if every frame is skipped.
 
-        Frames from the one driving the event loop outwards (``run_until_complete`` and
-        its callers) ran the loop; they are never what blocked it. On the stdlib loop, a
-        sample with no callback under way (no ``Handle._run`` below ``_run_once``) shows
-        the loop's own work, such as waiting in its selector: it names no culprit.
+        Frames from the one driving the event loop outwards (``run_until_complete`` or
+        trio's ``unrolled_run``, and their callers) ran the loop; they are never what
+        blocked it. On the stdlib loop, a sample with no callback under way (no
+        ``Handle._run`` below ``_run_once``) shows the loop's own work, such as waiting
+        in its selector: it names no culprit.
         """
         best: RawFrame | None = None
         best_rank = 0
@@ -93,12 +94,13 @@ class CulpritFinder:
         return 3
 
 
-_LOOP_DRIVERS = frozenset({"_run_once", "run_forever", "run_until_complete", "run"})
-_LOOP_MODULES = ("asyncio.base_events", "asyncio.runners", "uvloop")
+_LOOP_DRIVERS = frozenset({"_run_once", "run_forever", "run_until_complete", "run", "unrolled_run"})
+_LOOP_MODULES = ("asyncio.base_events", "asyncio.runners", "uvloop", "trio._core._run")
 
 
 def _drives_the_loop(function: str, module: str) -> bool:
-    """Whether a frame runs the event loop itself (``run_until_complete`` and the like)."""
+    """Whether a frame runs the event loop itself (``run_until_complete``, trio's
+    ``unrolled_run`` and the like)."""
     return function in _LOOP_DRIVERS and module.startswith(_LOOP_MODULES)
 
 

@@ -1,8 +1,8 @@
 """``loopwatch.suppress()``: deliberate blocking that should not be reported.
 
-Inside a task the flag lives in a context variable, so an ``await`` inside the block
-does not leak it to other tasks. Outside a task (plain callbacks, start-up code) it is
-a per-thread counter. The watchdog reads either from its own thread.
+Inside a task (asyncio's or trio's) the flag lives in a context variable, so an
+``await`` inside the block does not leak it to other tasks. Outside a task (plain
+callbacks, start-up code) it is a per-thread counter. The watchdog reads either from its own thread.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -69,10 +70,19 @@ class suppress(ContextDecorator):
 
 
 def _in_task() -> bool:
+    """Whether an asyncio or trio task runs (trio only where the app imported it)."""
     try:
         return asyncio.current_task() is not None
     except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is None:
         return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 def is_suppressed(context: contextvars.Context | None, thread_id: int) -> bool:

@@ -21,13 +21,21 @@ from time import monotonic
 from .config import Config
 from .deadman import DeadManSwitch
 from .heartbeat import Heartbeat, Tick
-from .inflight import InflightRequests, OpenStall, requests_waiting_on, stalled_request
+from .inflight import (
+    NOTHING_IN_FLIGHT,
+    InFlight,
+    InflightRequests,
+    OpenStall,
+    requests_waiting_on,
+    stalled_request,
+)
 from .sampler import take_sample
 from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
 from .stacks import CulpritFinder
 from .stall import BLOCKING, CPU, GIL, Stall, TakenSample
 from .suppress import is_suppressed
-from .task_context import current_span_in, snapshot_task
+from .task_context import TaskSnapshot, current_span_in, snapshot_task
+from .trio_loop import TrioLoop
 from .utilization import UtilizationClock
 
 logger = logging.getLogger("loopwatch")
@@ -86,7 +94,7 @@ class Watchdog:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | TrioLoop,
         heartbeat: Heartbeat,
         config: Config,
         listener: StallListener,
@@ -97,6 +105,7 @@ class Watchdog:
         deadman: DeadManSwitch | None = None,
     ) -> None:
         self._loop = loop
+        self._asyncio_loop = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
         self._heartbeat = heartbeat
         self._config = config
         self._listener = listener
@@ -241,7 +250,7 @@ class Watchdog:
         stall.runnable_share = self._runnable_share(stall)
         stall.cause = stall.classify(before, tick)
         if stall.in_flight is None and not stall.suppressed:
-            stall.in_flight = requests_waiting_on(self._loop)
+            stall.in_flight = self._requests_waiting()
         if self.utilization is not None and stall.cause == BLOCKING:
             self.utilization.add_blocked(tick.ran - stall.start)
         self._listener.on_stall_ended(stall, before, tick)
@@ -286,7 +295,7 @@ class Watchdog:
         self._stall = stall
         self._sample(stall, on_time)
         if not stall.suppressed:  # every request's task waits on the loop now
-            stall.in_flight = requests_waiting_on(self._loop)
+            stall.in_flight = self._requests_waiting()
         self._next_sample_at = start + 2 * (now - start)
         self._listener.on_stall_started(stall)
 
@@ -333,7 +342,7 @@ class Watchdog:
         if thread_id is None:
             return
         sample = take_sample(thread_id, self._config.max_frames)
-        task = snapshot_task(self._loop)
+        task = self._snapshot_task()
         if self._loop_moved_on():
             return  # the stall ended while we sampled: the stack no longer shows it
         stall.suppressed = stall.suppressed or is_suppressed(task.context, thread_id)
@@ -346,9 +355,19 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                stalled_request(thread_id, self._loop),
+                stalled_request(thread_id, self._asyncio_loop),
             )
         )
+
+    def _snapshot_task(self) -> TaskSnapshot:
+        loop = self._loop
+        return loop.snapshot_task() if isinstance(loop, TrioLoop) else snapshot_task(loop)
+
+    def _requests_waiting(self) -> InFlight:
+        """The requests held up by the stall; on trio, none is found (its tasks are not
+        listed for other threads)."""
+        loop = self._loop
+        return NOTHING_IN_FLIGHT if isinstance(loop, TrioLoop) else requests_waiting_on(loop)
 
     def _loop_moved_on(self) -> bool:
         """Whether the loop has run again since the stall began (a heartbeat ticked)."""

@@ -20,6 +20,7 @@ from .inflight import InflightRequests
 from .reporting import worker
 from .reporting.metrics import LoopGauges, metrics_for
 from .reporting.reporter import BlockHook, Reporter
+from .trio_loop import TrioLoop, current_trio_loop
 from .utilization import UtilizationClock
 from .watchdog import Watchdog, detection_delay
 
@@ -33,7 +34,7 @@ its channel's thread."""
 
 
 class LoopWatch:
-    """Finds and reports the code that blocks an asyncio event loop.
+    """Finds and reports the code that blocks an asyncio event loop or a trio run.
 
     >>> async def main():
     ...     async with LoopWatch(threshold=0.1):
@@ -80,26 +81,30 @@ class LoopWatch:
         self._meter_provider = meter_provider
         self._on_block = on_block
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: WatchedLoop | None = None
         self._parts: _Running | None = None
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The loop being watched, if started."""
+    def loop(self) -> WatchedLoop | None:
+        """The loop being watched (a :class:`~.trio_loop.TrioLoop` on trio), if started."""
         return self._loop
 
     @property
     def running(self) -> bool:
         return self._parts is not None
 
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> LoopWatch:
-        """Watch ``loop`` (default: the running loop). Does nothing if already started."""
+    def start(self, loop: WatchedLoop | None = None) -> LoopWatch:
+        """Watch ``loop`` (default: the running asyncio loop or trio run). Does nothing if
+        already started."""
         if not self.config.enabled:
             return self
         if loop is None:
-            loop = running_asyncio_loop("LoopWatch.start()")
-        elif not isinstance(loop, asyncio.AbstractEventLoop):
-            raise TypeError(f"LoopWatch.start(loop={loop!r}): loop must be an asyncio event loop")
+            loop = running_loop("LoopWatch.start()")
+        elif not isinstance(loop, (asyncio.AbstractEventLoop, TrioLoop)):
+            raise TypeError(
+                f"LoopWatch.start(loop={loop!r}): loop must be an asyncio event loop (or "
+                "omitted, to watch the running asyncio loop or trio run)"
+            )
         with self._lock:
             if self._parts is not None:
                 if loop is not self._loop:
@@ -156,16 +161,24 @@ class LoopWatch:
         return f"<LoopWatch {state} threshold={self.config.threshold:g}s>"
 
 
-def running_asyncio_loop(caller: str) -> asyncio.AbstractEventLoop:
-    """The running asyncio loop, or an error that says what ``caller`` needs."""
+WatchedLoop = asyncio.AbstractEventLoop | TrioLoop
+"""An asyncio event loop, or a trio run through :class:`~.trio_loop.TrioLoop`."""
+
+
+def running_loop(caller: str) -> WatchedLoop:
+    """The running asyncio loop or trio run, or an error that says what ``caller`` needs."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
-        raise RuntimeError(
-            f"{caller} found no running asyncio event loop (loopwatch watches asyncio "
-            "loops only, not trio or curio): call it from a coroutine, or pass the loop "
-            f"to {caller}"
-        ) from None
+        pass
+    trio_loop = current_trio_loop()
+    if trio_loop is not None:
+        return trio_loop
+    raise RuntimeError(
+        f"{caller} found no running asyncio event loop or trio run (loopwatch watches "
+        "asyncio and trio, not curio): call it from a coroutine, or pass the loop "
+        f"to {caller}"
+    )
 
 
 class _Running:
@@ -175,7 +188,7 @@ class _Running:
     dead man's timer descriptor, the GC clock, the heartbeat) is released before the
     error propagates: a failed start leaves nothing behind."""
 
-    def __init__(self, owner: LoopWatch, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, owner: LoopWatch, loop: WatchedLoop) -> None:
         config = owner.config
         wake = threading.Event()
         with contextlib.ExitStack() as undo:

@@ -55,11 +55,14 @@ def test_demo_runs_end_to_end() -> None:
         assert row in report
 
 
-def test_demo_needs_a_source_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_demo_without_its_app_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(source, "checkout_root", lambda: tmp_path)
+    monkeypatch.setattr(source, "bundled_root", lambda: tmp_path / "app")
     output = io.StringIO()
     assert run_demo(console=Console(file=output, width=200)) == 2
-    assert "runs from a source checkout" in output.getvalue()
+    assert "pip install --force-reinstall 'loopwatch[demo]'" in output.getvalue()
 
 
 def test_demo_work_is_sized_by_the_variable_else_by_time() -> None:

@@ -666,6 +666,52 @@ def test_anyio_asyncio_backend(pytester: pytest.Pytester) -> None:
     assert "in fixture 'slow_anyio_fixture' setup" in text
 
 
+def test_anyio_trio_backend(pytester: pytest.Pytester) -> None:
+    """anyio's trio backend: a blocking test and fixture fail with their culprit, a test
+    that awaits passes under its own watcher, suppress() works."""
+    suite(
+        pytester,
+        """
+        import anyio
+
+        @pytest.fixture
+        def anyio_backend():
+            return "trio"
+
+        @pytest.fixture
+        async def slow_trio_fixture():
+            time.sleep(0.5)
+            yield 1
+
+        @pytest.mark.anyio
+        async def test_blocks():
+            time.sleep(0.5)
+
+        @pytest.mark.anyio
+        async def test_fixture_blocks(slow_trio_fixture):
+            await anyio.sleep(0)
+
+        @pytest.mark.anyio
+        async def test_awaits():
+            assert len(watchdogs()) == 1
+            await anyio.sleep(0.3)
+
+        @pytest.mark.anyio
+        async def test_deliberate():
+            with loopwatch.suppress():
+                time.sleep(0.3)
+        """,
+        name="test_trio_suite",
+    )
+    result = run(pytester, "--loopwatch")
+    result.assert_outcomes(failed=2, passed=2)
+    text = failure_of(result, "test_blocks")
+    assert "culprit:  test_trio_suite.test_blocks (" in text
+    assert "unrolled_run" not in text  # trio's frames are trimmed like the loop's
+    text = failure_of(result, "test_fixture_blocks")
+    assert "in fixture 'slow_trio_fixture' setup" in text
+
+
 UVLOOP_CONFTESTS = {
     "loop-factories-hook": """
         import uvloop

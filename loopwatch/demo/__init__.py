@@ -1,6 +1,6 @@
 """``loopwatch demo``: the article's service, slow and fixed, measured without Jaeger.
 
-Runs from a source checkout (the example app is not part of the wheel).
+The example app comes from the checkout, else from the wheel (:mod:`.source`).
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import os
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from loopwatch.demo.source import ExampleNotFoundError, make_example_importable
 
-INSTALL_HINT = "install the demo extra: pip install -e '.[demo]'"
+INSTALL_HINT = "install the demo extra: pip install 'loopwatch[demo]'"
 
 
 def run_demo(*, otlp_endpoint: str | None = None, console: Console | None = None) -> int:
@@ -26,7 +27,7 @@ def run_demo(*, otlp_endpoint: str | None = None, console: Console | None = None
     try:
         root = make_example_importable()
     except ExampleNotFoundError as error:
-        console.print(f"[bold red]loopwatch demo:[/] {error}")
+        console.print(f"[bold red]loopwatch demo:[/] {escape(str(error))}")
         return 2
     # These import the example app, importable only now that the checkout is on sys.path.
     try:
@@ -36,12 +37,12 @@ def run_demo(*, otlp_endpoint: str | None = None, console: Console | None = None
         from loopwatch.demo.report import render
         from loopwatch.demo.runner import STEPS, run_mode
     except ModuleNotFoundError as error:
-        console.print(f"[bold red]loopwatch demo:[/] {error}; {INSTALL_HINT}")
+        console.print(f"[bold red]loopwatch demo:[/] {escape(f'{error}; {INSTALL_HINT}')}")
         return 2
     try:
         cpu_iterations = demo_iterations(os.environ)
     except ValueError as error:
-        console.print(f"[bold red]loopwatch demo:[/] {error}")
+        console.print(f"[bold red]loopwatch demo:[/] {escape(str(error))}")
         return 2
     otlp_endpoint = traces_url(otlp_endpoint) if otlp_endpoint else otlp_traces_endpoint()
 

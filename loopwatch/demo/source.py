@@ -1,4 +1,11 @@
-"""Locate the example app: it ships with the source checkout, not with the wheel."""
+"""Locate the example app: the wheel's copy, else ``example/`` of a source checkout.
+
+The app is the article's, kept once in the repository's ``example/`` (the image for
+``k8s/`` runs it from there); the wheel carries the same files as
+``loopwatch/demo/app/example/``. Either way it is imported as the top-level package
+``example``, so stalls name ``example.work.cpu_heavy_blocking_work`` (a module under
+``loopwatch`` would be skipped as loopwatch's own code when picking the culprit).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import loopwatch
 
 
 class ExampleNotFoundError(RuntimeError):
-    """The demo runs from a source checkout, and this installation is not one."""
+    """Neither a checkout's ``example/`` nor the wheel's copy of it is there."""
 
 
 def checkout_root() -> Path:
@@ -17,18 +24,25 @@ def checkout_root() -> Path:
     return Path(loopwatch.__file__).resolve().parent.parent
 
 
-def make_example_importable() -> Path:
-    """Put the checkout root on ``sys.path`` so ``import example`` works; return the root.
+def bundled_root() -> Path:
+    """The directory holding the wheel's copy of ``example/``."""
+    return Path(loopwatch.__file__).resolve().parent / "demo" / "app"
 
-    Raises :class:`ExampleNotFoundError` when ``example/app.py`` is not next to the package.
+
+def make_example_importable() -> Path:
+    """Put the directory holding ``example/`` on ``sys.path``; return that directory.
+
+    The wheel's copy comes first: an installed package's "checkout root" is
+    site-packages, where an unrelated ``example`` package could be. Raises
+    :class:`ExampleNotFoundError` when neither has ``example/app.py``.
     """
-    root = checkout_root()
-    if not (root / "example" / "app.py").is_file():
-        raise ExampleNotFoundError(
-            f"the demo app (example/app.py) is not in {root}: `loopwatch demo` runs from a "
-            "source checkout of loopwatch; clone the repository and run "
-            "`pip install -e '.[demo]'` there"
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return root
+    for root in (bundled_root(), checkout_root()):
+        if (root / "example" / "app.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return root
+    raise ExampleNotFoundError(
+        f"the demo app (example/app.py) is neither in {bundled_root()} nor in "
+        f"{checkout_root()}: reinstall loopwatch with the demo extra: "
+        "pip install --force-reinstall 'loopwatch[demo]'"
+    )

@@ -50,9 +50,12 @@ runs the test's code: none is left on a loop that is stopped between a fixture a
 test (the core would count the stopped time as a stall when the loop resumes into a busy
 step), and no thread outlives the test.
 Sync tests and sync fixtures are never touched. Not covered: loops a sync test runs itself
-(``asyncio.run`` in a test), ``unittest.IsolatedAsyncioTestCase``, hypothesis async tests,
-trio. The watchers report to the test only: no spans or metrics reach the OpenTelemetry
-providers the tests may use; the core's WARNING log line is kept (captured with the test).
+(``asyncio.run`` or ``trio.run`` in a test), ``unittest.IsolatedAsyncioTestCase``,
+hypothesis async tests. anyio's trio backend is watched like asyncio (on trio the
+wrapper sleeps one more round before stopping: trio runs the tasks it wakes together in
+a random order). The watchers report to the test only: no spans or metrics reach the
+OpenTelemetry providers the tests may use; the core's WARNING log line is kept (captured
+with the test).
 
 Costs: the extra ``await asyncio.sleep(0)`` before a watched coroutine lets callbacks that
 are already scheduled run first. Each watched coroutine (test, fixture setup, fixture

@@ -3,7 +3,6 @@ use of the whole run."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from ..events import BlockEvent
+from ..watcher import WatchedLoop
 from .settings import Allow, Policy, Settings
 
 
@@ -80,7 +80,7 @@ class Plugin:
 
     settings: Settings
     current: Run | None = None
-    loops: set[asyncio.AbstractEventLoop] = field(default_factory=set)
+    loops: set[WatchedLoop] = field(default_factory=set)
     active: int = 0
     watched: int = 0
     failed: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 import types
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from ..config import resolve_config
-from ..watcher import LoopWatch
+from ..trio_loop import TrioLoop
+from ..watcher import LoopWatch, WatchedLoop, running_loop
 from .recording import Plugin, Recorder
 
 SETTLE_DELAY = 0.001
@@ -96,15 +98,15 @@ class Watching:
     def __init__(self, plugin: Plugin, where: str) -> None:
         self._plugin = plugin
         self._where = where
-        self._owned: tuple[asyncio.AbstractEventLoop, LoopWatch, Recorder] | None = None
+        self._owned: tuple[WatchedLoop, LoopWatch, Recorder] | None = None
 
     async def __aenter__(self) -> None:
         run = self._plugin.current
         if run is None:
             return
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not an asyncio loop (trio)
+            loop = running_loop("the loopwatch pytest plugin")
+        except RuntimeError:  # neither asyncio nor trio (curio)
             return
         if loop in self._plugin.loops:
             return
@@ -125,7 +127,7 @@ class Watching:
         self._owned = loop, watcher, recorder
         run.watched_loop = True
         try:
-            await asyncio.sleep(0)  # the heartbeat's first tick runs before the watched code
+            await _sleep(loop, 0)  # the heartbeat's first tick runs before the watched code
         except BaseException:
             self._release()
             raise
@@ -140,17 +142,20 @@ class Watching:
             self._release()
 
     @staticmethod
-    async def _settle(loop: asyncio.AbstractEventLoop, recorder: Recorder) -> None:
+    async def _settle(loop: WatchedLoop, recorder: Recorder) -> None:
         """Let a stall that just ended (or a callback the test left queued) be closed.
 
         The heartbeat tick that ends a stall is overdue, so it runs before a timer set
         after the stall; stop() then reports the stall. A stall the watchdog saw start
-        gets a few more rounds.
+        gets a few more rounds. On trio, tasks woken together run in a random order: the
+        first round only lets the overdue tick run.
         """
         delay = 1e-6 if isinstance(loop, asyncio.BaseEventLoop) else SETTLE_DELAY
-        await asyncio.sleep(0)  # callbacks already queued run first
+        await _sleep(loop, 0)  # callbacks already queued run first
+        if isinstance(loop, TrioLoop):
+            await _sleep(loop, delay)
         for _ in range(5):
-            await asyncio.sleep(delay)
+            await _sleep(loop, delay)
             if recorder.open is None:
                 return
 
@@ -161,6 +166,14 @@ class Watching:
             watcher.stop()
             self._plugin.loops.discard(loop)
             recorder.close()
+
+
+async def _sleep(loop: WatchedLoop, seconds: float) -> None:
+    """Sleep on ``loop``'s library (trio is running, hence imported, on a trio loop)."""
+    if isinstance(loop, TrioLoop):
+        await sys.modules["trio"].sleep(seconds)
+    else:
+        await asyncio.sleep(seconds)
 
 
 def _skip_modules() -> tuple[str, ...]:

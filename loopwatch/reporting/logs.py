@@ -1,11 +1,20 @@
-"""The WARNING on logger ``loopwatch`` when a stall reaches the threshold."""
+"""The WARNING on logger ``loopwatch`` when a stall reaches the threshold.
+
+The record is emitted with the stall's span current (:mod:`.correlation`) and carries
+structured fields (:func:`fields`) for log pipelines: JSON formatters and OpenTelemetry's
+``LoggingHandler`` (which exports them as log attributes) see them as record attributes.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
+
 from ..events import FrameInfo
+from .correlation import current_span
 from .describe import Description
 
 logger = logging.getLogger("loopwatch")
@@ -24,8 +33,40 @@ def where(frame: FrameInfo) -> str:
     return f"{frame.function} ({short_path(frame.file)}:{frame.line})"
 
 
-def log_stall(description: Description, *, ongoing: bool, dropped_reports: int) -> None:
-    """One line naming the culprit (or the cause, when no culprit could be sampled)."""
+def fields(
+    description: Description, *, ongoing: bool, dropped_reports: int
+) -> dict[str, AttributeValue]:
+    """The record's structured fields, named as the ``loop.blocked`` span's attributes
+    except the culprit's: a log record's ``code.*`` attributes are its own call site
+    (``LoggingHandler`` sets them), so the culprit is ``loopwatch.culprit.*``."""
+    event = description.event
+    found: dict[str, AttributeValue] = {
+        "loopwatch.cause": event.cause,
+        "loopwatch.duration": event.duration,
+        "loopwatch.ongoing": ongoing,
+    }
+    if event.culprit is not None:
+        found["loopwatch.culprit.function.name"] = event.culprit.function
+        found["loopwatch.culprit.file.path"] = event.culprit.file
+        found["loopwatch.culprit.line.number"] = event.culprit.line
+    if event.http_route:
+        found["http.route"] = event.http_route
+    if event.http_method:
+        found["http.request.method"] = event.http_method
+    if dropped_reports:
+        found["loopwatch.reports.dropped"] = dropped_reports
+    return found
+
+
+def log_stall(
+    description: Description,
+    *,
+    ongoing: bool,
+    dropped_reports: int,
+    span: trace.Span | None = None,
+) -> None:
+    """One line naming the culprit (or the cause, when no culprit could be sampled),
+    logged with ``span`` (the blocked task's) current."""
     event = description.event
     so_far = " so far" if ongoing else ""
     if event.culprit is not None:
@@ -41,6 +82,14 @@ def log_stall(description: Description, *, ongoing: bool, dropped_reports: int) 
     if event.http_route:
         request = f" during {event.http_method or ''} {event.http_route}".rstrip()
     dropped = f" [{dropped_reports} similar stalls not logged]" if dropped_reports else ""
-    logger.warning(
-        "event loop blocked for %.2f s%s %s%s%s", event.duration, so_far, place, request, dropped
-    )
+    extra = fields(description, ongoing=ongoing, dropped_reports=dropped_reports)
+    with current_span(span):
+        logger.warning(
+            "event loop blocked for %.2f s%s %s%s%s",
+            event.duration,
+            so_far,
+            place,
+            request,
+            dropped,
+            extra=extra,
+        )

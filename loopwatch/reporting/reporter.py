@@ -26,6 +26,7 @@ from ..ratelimit import RateLimiter
 from ..stall import Stall
 from ..watchdog import StallListener
 from . import worker
+from .correlation import span_context
 from .describe import StallReport
 from .logs import log_stall
 from .metrics import LoopMetrics
@@ -71,7 +72,9 @@ class Reporter(StallListener):
     def on_stall_ended(self, stall: Stall, before: Tick, after: Tick) -> None:
         dump.disarm(self)
         end = stall.end if stall.end is not None else after.ran
-        self._metrics.block_duration.record(end - stall.start, self._metric_attributes(stall))
+        self._metrics.block_duration.record(
+            end - stall.start, self._metric_attributes(stall), context=span_context(stall.span)
+        )
         logged_live = stall.number in self._logged_live
         self._logged_live.discard(stall.number)
         if stall.suppressed:
@@ -123,7 +126,7 @@ class Reporter(StallListener):
         description = report.description
         allowed, dropped = self._log_limiter.allow(description.culprit_key)
         if allowed:
-            log_stall(description, ongoing=ongoing, dropped_reports=dropped)
+            log_stall(description, ongoing=ongoing, dropped_reports=dropped, span=report.stall.span)
 
     def _call_hook(self, report: StallReport) -> None:
         """On the hooks channel: the user's ``on_block``; its first error is logged."""

@@ -266,6 +266,11 @@ class JaegerServer:
     query_url: str
     process: ManagedProcess
 
+    @property
+    def otlp_metrics_url(self) -> str:
+        """Its OTLP/HTTP metrics endpoint (the debug exporter prints what it receives)."""
+        return self.otlp_traces_url.removesuffix("/v1/traces") + "/v1/metrics"
+
     def find_spans(self, service: str, since: datetime) -> list[Span]:
         """All spans of all traces of ``service`` that started after ``since``."""
         params = {

@@ -1,6 +1,6 @@
-"""Where loopwatch cannot watch, the app runs as without it: a trio server passes every
-request through, and a new loop per request (a test client used without ``with``) leaves
-no watcher, thread or per-loop entry behind and costs little."""
+"""A trio server answers every request and reports a stall; a new loop per request (a
+test client used without ``with``), which loopwatch cannot watch, leaves no watcher,
+thread or per-loop entry behind and costs little."""
 
 from __future__ import annotations
 
@@ -28,17 +28,23 @@ from .server import (
     python_module,
     run_process,
     wait_http_ok,
+    wait_until,
 )
 from .test_lifecycle import installed_middleware
 
 REQUESTS = 22
 UNWATCHED = "requests pass through unwatched"
+STALL_LINE = "event loop blocked for"
+CULPRIT = "tests.middleware.apps.served.blocking_call"
 
 
 @pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
-def test_trio_server_passes_requests_through(traced: bool, tmp_path: Path) -> None:
-    """hypercorn's trio worker: lifespan, every request and a websocket pass through; one
-    line says why the app is not watched, and nothing raises."""
+def test_trio_server_answers_every_request_and_reports_a_stall(
+    traced: bool, tmp_path: Path
+) -> None:
+    """hypercorn's trio worker: lifespan, every request and a websocket are served, the app
+    is watched (no 'unwatched' line, nothing raises), and a handler's 0.4 s block is logged
+    with its function and request."""
     port = free_port()
     argv = python_module(
         "hypercorn",
@@ -59,11 +65,16 @@ def test_trio_server_passes_requests_through(traced: bool, tmp_path: Path) -> No
         with connect(f"ws://127.0.0.1:{port}/echo", open_timeout=HTTP_TIMEOUT_S) as websocket:
             websocket.send("hello")
             echoed = websocket.recv(timeout=HTTP_TIMEOUT_S)
+        blocked = httpx.get(f"{url}/block?seconds=0.4", timeout=HTTP_TIMEOUT_S).status_code
+        wait_until(lambda: CULPRIT in server.output(), 5.0, "the stall's log line")
         output = server.output()
     assert statuses == [200] * REQUESTS, output
     assert echoed == "hello", output
+    assert blocked == 200
     assert "Traceback" not in output, output
-    assert output.count(UNWATCHED) == 1, output
+    assert UNWATCHED not in output, output
+    stalls = [line for line in output.splitlines() if CULPRIT in line]
+    assert any(f"in {CULPRIT}" in line and "during GET /block" in line for line in stalls), output
 
 
 def app_with_middleware(loopwatch: bool) -> FastAPI:
