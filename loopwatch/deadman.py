@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import os
 import select
@@ -49,9 +48,11 @@ def _itimerspec(seconds: float) -> _ITimerspec:
 
 @functools.cache
 def _libc() -> Any:
-    """libc, loaded once: ``find_library`` runs ``ldconfig`` in a subprocess (3 ms per
-    watcher started, which a new loop per request paid every time)."""
-    return ctypes.PyDLL(ctypes.util.find_library("c"), use_errno=True)
+    """libc's symbols, through dlopen(NULL) (the process's own, libc's among them): not
+    ``ctypes.util.find_library("c")``, which runs ``ldconfig`` in a subprocess and reads its
+    output on the loop thread at the first start (Starlette's suite, run with blockbuster,
+    caught that blocking read; a new loop per request paid 3 ms every time before caching)."""
+    return ctypes.PyDLL(None, use_errno=True)
 
 
 class DeadManSwitch:
