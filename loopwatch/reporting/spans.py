@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -19,10 +21,17 @@ class SpanReporter:
     culprit. Used from the spans channel's thread only."""
 
     def __init__(self, tracer_provider: trace.TracerProvider | None, config: Config) -> None:
-        self._tracer = trace.get_tracer("loopwatch", __version__, tracer_provider=tracer_provider)
+        self._tracer_provider = tracer_provider
         self._config = config
         self._limiter = RateLimiter(config.report_burst, config.report_per_minute)
         self._lost = 0
+
+    @cached_property
+    def _tracer(self) -> trace.Tracer:
+        """Asked for at the first span, not when watching starts: a watcher that never
+        reports a stall never touches the app's tracer provider (FastAPI's own suite counts
+        the lookups on a mocked global provider)."""
+        return trace.get_tracer("loopwatch", __version__, tracer_provider=self._tracer_provider)
 
     def emit(
         self,
