@@ -54,6 +54,24 @@ PROBE_REPORT = 0.07
 """A stall of duration d delays some probe tick by at least d - PROBE_PERIOD."""
 
 
+GET_SCOPE = {
+    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+    "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+    "headers": [(b"host", b"127.0.0.1")], "server": ("127.0.0.1", 8000),
+    "client": ("127.0.0.1", 50000),
+}  # fmt: skip
+"""``GET /`` as a server would pass it, for apps called directly (no server, no socket)."""
+
+
+async def receive_empty_body() -> dict[str, Any]:
+    """ASGI ``receive`` of a request without a body."""
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def discard(message: dict[str, Any]) -> None:
+    """ASGI ``send`` that drops the response."""
+
+
 def _flag(name: str, default: str = "0") -> bool:
     return os.environ.get(name, default).strip() == "1"
 

@@ -57,22 +57,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------- the workloads
-HELLO_SCOPE = {
-    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-    "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
-    "headers": [(b"host", b"127.0.0.1")], "server": ("127.0.0.1", 8000),
-    "client": ("127.0.0.1", 50000),
-}  # fmt: skip
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def _send(message: dict[str, Any]) -> None:
-    return None
-
-
 class _Timed:
     """Wall and process CPU seconds per unit of the work done inside the block."""
 
@@ -98,9 +82,11 @@ async def _serve_requests(app: Any, requests: int) -> _Timed:
     )
     await startup.put({"type": "lifespan.startup"})
     assert (await replies.get())["type"] == "lifespan.startup.complete"
+    from .apps import GET_SCOPE, discard, receive_empty_body
+
     with _Timed(requests) as timed:
         for _ in range(requests):
-            await app(dict(HELLO_SCOPE), _receive, _send)
+            await app(dict(GET_SCOPE), receive_empty_body, discard)
             await asyncio.sleep(0)  # a server reads the next request in a new loop iteration
     await startup.put({"type": "lifespan.shutdown"})
     await lifespan

@@ -25,6 +25,7 @@ import uvloop
 from loopwatch import LoopWatch
 from loopwatch.sampler import take_sample
 
+from .apps import GET_SCOPE, discard, receive_empty_body
 from .common import EmptyMiddleware, median_interval
 
 SWITCHES = 400_000
@@ -238,29 +239,13 @@ async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def _asgi_receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def _asgi_send(message: dict[str, Any]) -> None:
-    return None
-
-
-_SCOPE = {
-    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-    "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
-    "headers": [(b"host", b"127.0.0.1")], "server": ("127.0.0.1", 8000),
-    "client": ("127.0.0.1", 50000),
-}  # fmt: skip
-
-
 async def _requests_cpu(app: Any, requests: int) -> float:
     """Process CPU µs per request for ``app`` called directly (no server, no socket)."""
     for _ in range(100):
-        await app(dict(_SCOPE), _asgi_receive, _asgi_send)
+        await app(dict(GET_SCOPE), receive_empty_body, discard)
     started = time.process_time()
     for index in range(requests):
-        await app(dict(_SCOPE), _asgi_receive, _asgi_send)
+        await app(dict(GET_SCOPE), receive_empty_body, discard)
         if index % 100 == 0:
             await asyncio.sleep(0)  # let the heartbeat run, as a server would
     return (time.process_time() - started) / requests * 1e6

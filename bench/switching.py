@@ -119,6 +119,31 @@ async def _switch_forever(stopped: asyncio.Event) -> None:
         await sleep(0)
 
 
+async def _windows(
+    toggle: str,
+    seconds: float,
+    rng: random.Random,
+    switch_until: Callable[[float], Coroutine[Any, Any, int]],
+) -> list[Window]:
+    """Pairs of windows, ``toggle`` on in one and off in the other (in a random order), for
+    ``seconds``; ``switch_until`` switches the library's tasks until a deadline."""
+    windows: list[Window] = []
+    ends = time.monotonic() + seconds
+    order: list[bool] = []
+    while time.monotonic() < ends or order:
+        if not order:
+            order = rng.sample([False, True], 2)
+        on = order.pop(0)
+        undo = TOGGLES[toggle]() if on else None
+        await switch_until(time.monotonic() + SETTLE)
+        cpu, began = time.process_time(), time.monotonic()
+        switches = await switch_until(began + WINDOW)
+        windows.append({"on": on, "cpu_per_switch": (time.process_time() - cpu) / switches})
+        if undo is not None:
+            undo()
+    return windows
+
+
 async def segment(
     tasks: int, toggle: str, held: str | None, seconds: float, seed: int
 ) -> list[Window]:
@@ -128,20 +153,7 @@ async def segment(
     undo_held = TOGGLES[held]() if held else None
     stopped = asyncio.Event()
     others = [asyncio.create_task(_switch_forever(stopped)) for _ in range(tasks - 1)]
-    windows: list[Window] = []
-    ends = time.monotonic() + seconds
-    order: list[bool] = []
-    while time.monotonic() < ends or order:
-        if not order:
-            order = rng.sample([False, True], 2)
-        on = order.pop(0)
-        undo = TOGGLES[toggle]() if on else None
-        await _switch_until(time.monotonic() + SETTLE)
-        cpu, began = time.process_time(), time.monotonic()
-        switches = await _switch_until(began + WINDOW)
-        windows.append({"on": on, "cpu_per_switch": (time.process_time() - cpu) / switches})
-        if undo is not None:
-            undo()
+    windows = await _windows(toggle, seconds, rng, _switch_until)
     stopped.set()
     await asyncio.gather(*others)
     if undo_held is not None:
@@ -154,7 +166,6 @@ async def trio_segment(
 ) -> list[Window]:
     """:func:`segment` on trio: the tasks switch with ``trio.sleep(0)``."""
     rng = random.Random(seed)
-    windows: list[Window] = []
 
     async def switch_until(deadline: float) -> int:
         switches, sleep, clock = 0, trio.sleep, time.monotonic
@@ -174,19 +185,7 @@ async def trio_segment(
     async with trio.open_nursery() as nursery:
         for _ in range(tasks - 1):
             nursery.start_soon(switch_forever, stopped)
-        ends = time.monotonic() + seconds
-        order: list[bool] = []
-        while time.monotonic() < ends or order:
-            if not order:
-                order = rng.sample([False, True], 2)
-            on = order.pop(0)
-            undo = TOGGLES[toggle]() if on else None
-            await switch_until(time.monotonic() + SETTLE)
-            cpu, began = time.process_time(), time.monotonic()
-            switches = await switch_until(began + WINDOW)
-            windows.append({"on": on, "cpu_per_switch": (time.process_time() - cpu) / switches})
-            if undo is not None:
-                undo()
+        windows = await _windows(toggle, seconds, rng, switch_until)
         stopped.set()
     if undo_held is not None:
         undo_held()
