@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 
 try:
     import uvloop
@@ -57,8 +58,13 @@ def points_by_metric(data: MetricsData | None) -> dict[str, list[Any]]:
 
 @pytest.fixture
 def telemetry() -> Iterator[Telemetry]:
+    yield from telemetry_sampled_by(None)
+
+
+def telemetry_sampled_by(sampler: Sampler | None) -> Iterator[Telemetry]:
+    """In-memory providers (spans, metrics); ``sampler``: the SDK's default if ``None``."""
     spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])

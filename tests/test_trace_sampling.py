@@ -12,11 +12,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     Decision,
@@ -30,7 +26,7 @@ import loopwatch
 from loopwatch.trace_sampling import LOOPWATCH_SPAN_NAMES
 
 from . import workloads
-from .conftest import Telemetry
+from .conftest import Telemetry, telemetry_sampled_by
 from .middleware.server import REPO_ROOT, child_environ, venv_script
 from .middleware.test_zero_code import HAVE_DISTRO
 
@@ -42,17 +38,6 @@ ENV_SAMPLERS = {
     "loopwatch_parentbased_always_on": "ParentBased{root:AlwaysOnSampler",
 }
 """Entry point name -> part of its sampler's description with ``OTEL_TRACES_SAMPLER_ARG=0.05``."""
-
-
-def telemetry_sampled_by(sampler: Sampler) -> Iterator[Telemetry]:
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider(sampler=sampler)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    yield Telemetry(tracer_provider, spans, meter_provider, reader)
-    meter_provider.shutdown()
-    tracer_provider.shutdown()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind
 
 from ..conftest import points_by_metric
@@ -107,8 +108,13 @@ class Otel:
 
 @pytest.fixture
 def otel() -> Iterator[Otel]:
+    yield from otel_sampled_by(None)
+
+
+def otel_sampled_by(sampler: Sampler | None) -> Iterator[Otel]:
+    """In-memory providers (spans, metrics); ``sampler``: the SDK's default if ``None``."""
     exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])

@@ -23,17 +23,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 import loopwatch
 
-from .apps.inprocess import Providers, culprit_name
-from .conftest import Otel
+from .apps.inprocess import culprit_name
+from .conftest import Otel, otel_sampled_by
 from .server import (
     HTTP_TIMEOUT_S,
     free_port,
@@ -62,15 +57,7 @@ SpanDict = dict[str, Any]
 def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Otel]:
     """Like the package's ``otel``, with 5 % head sampling that keeps stalls."""
     monkeypatch.setenv("LOOPWATCH_REPORT_BURST", REPORT_BURST)
-    exporter = InMemorySpanExporter()
-    sampler = loopwatch.keep_stalls(ParentBased(TraceIdRatioBased(RATIO)))
-    tracer_provider = TracerProvider(sampler=sampler)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    yield Otel(exporter, reader, Providers(tracer_provider, meter_provider))
-    meter_provider.shutdown()
-    tracer_provider.shutdown()
+    yield from otel_sampled_by(loopwatch.keep_stalls(ParentBased(TraceIdRatioBased(RATIO))))
 
 
 def send_traffic(url: str) -> None:
