@@ -4,8 +4,6 @@ thread or per-loop entry behind and costs little."""
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -90,20 +88,14 @@ def app_with_middleware(loopwatch: bool) -> FastAPI:
 
 
 def test_a_new_loop_per_request_leaves_nothing_behind() -> None:
-    """300 requests, each on its own loop: all answered, at most the last loop's watcher
-    is left, and a request costs at most about a millisecond of CPU more."""
-    clients = {watched: TestClient(app_with_middleware(watched)) for watched in (False, True)}
-    cpu: dict[bool, list[float]] = {False: [], True: []}
-    statuses: list[int] = []
-    for round_ in range(12):  # alternating batches of 25: the machine's load hits both
-        for watched in (False, True) if round_ % 2 else (True, False):
-            started = time.process_time()
-            statuses += [clients[watched].get("/").status_code for _ in range(25)]
-            cpu[watched].append((time.process_time() - started) / 25)
-    assert statuses == [200] * 600
-    middleware = installed_middleware(clients[True].app)  # type: ignore[arg-type]
+    """300 requests, each on its own loop: all answered, and at most the last loop's
+    watcher and thread are left. (What a loop per request costs is a figure for the
+    benchmarks, measured in the README's Reliability section, not a timed test.)"""
+    client = TestClient(app_with_middleware(True))
+    statuses = [client.get("/").status_code for _ in range(300)]
+    assert statuses == [200] * 300
+    middleware = installed_middleware(client.app)  # type: ignore[arg-type]
     assert len(middleware._watchers) <= 1
     assert len([loop for loop in registry._watchers if loop.is_closed()]) <= 1
-    assert watchdog_threads() <= 1
-    extra = statistics.median(cpu[True]) - statistics.median(cpu[False])
-    assert extra < 0.0012, f"{extra * 1e3:.2f} ms of CPU more per request"
+    # Watchers of closed loops are stopped without waiting for their threads to end.
+    wait_until(lambda: watchdog_threads() <= 1, 5.0, "the released watchdog threads to end")
