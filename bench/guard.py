@@ -22,7 +22,8 @@ It fails (exit 1) when loopwatch adds more than :data:`REQUEST_BUDGET` per reque
 judged against the same app with the middleware switched off (``LOOPWATCH_ENABLED=0``):
 one more ASGI layer costs FastAPI ~3,500 instructions (~1 % of an in-process hello
 request) whatever the middleware does, so the budget covers what loopwatch itself adds;
-the change against the bare app is printed beside it.
+the change against the bare app is printed beside it. The traced request is printed, not
+judged: the SDK's time-based work moves it by as much as the budget between runs.
 """
 
 from __future__ import annotations
@@ -165,9 +166,10 @@ def _environment() -> dict[str, str]:
 
 
 def _row(
-    name: str, counts: dict[str, float], baseline: str, budget: float, slowdown: float
+    name: str, counts: dict[str, float], baseline: str, budget: float | None, slowdown: float
 ) -> dict[str, Any]:
-    """One printed and judged figure: loopwatch's instructions per unit over ``baseline``."""
+    """One printed figure, judged against ``budget`` unless it is ``None``: loopwatch's
+    instructions per unit over ``baseline``."""
     added = counts["loopwatch"] - counts[baseline]
     return {
         "workload": name,
@@ -177,13 +179,13 @@ def _row(
         "ratio": added / counts[baseline],
         "ratio_to_bare": counts["loopwatch"] / counts["bare"] - 1,
         "budget": budget,
-        "met": added / counts[baseline] <= budget,
+        "met": None if budget is None else added / counts[baseline] <= budget,
         "valgrind_slowdown": round(slowdown, 1),
     }
 
 
 def _measure(
-    argv: list[str], units: tuple[int, int], budget: float, name: str, layer: bool = False
+    argv: list[str], units: tuple[int, int], budget: float | None, name: str, layer: bool = False
 ) -> dict[str, Any]:
     """Count a workload bare and with loopwatch (and, with ``layer``, with the middleware
     switched off: the cost of one more ASGI layer, which any middleware pays), the
@@ -212,7 +214,10 @@ def run() -> list[dict[str, Any]]:
     """Every guarded figure, in the order printed."""
     return [
         _measure(["requests"], REQUESTS, REQUEST_BUDGET, "request, untraced", layer=True),
-        _measure(["requests", "--otel"], REQUESTS, REQUEST_BUDGET, "request, traced", layer=True),
+        # Printed, not judged: FastAPIInstrumentor's batch span processor works per unit of
+        # time, and two runs of the same code differed by up to ~15,000 instructions per
+        # request (0.9 %), as much as the budget.
+        _measure(["requests", "--otel"], REQUESTS, None, "request, traced", layer=True),
         _measure(["switches"], SWITCHES, SWITCH_BUDGET, f"task switch, {TASKS} tasks"),
     ]
 
@@ -224,11 +229,12 @@ def _print(rows: list[dict[str, Any]]) -> None:
     )
     for row in rows:
         layer = f"{row['layer']:,}" if "layer" in row else "-"
-        verdict = "met" if row["met"] else "EXCEEDED"
+        verdict = {True: "met", False: "EXCEEDED", None: "printed, not judged"}[row["met"]]
+        budget = "-" if row["budget"] is None else f"{row['budget']:.0%}"
         print(
             f"{row['workload']:<26} {row['bare']:>10,} {layer:>10} {row['loopwatch']:>10,} "
             f"{row['added']:>+8,} {row['ratio']:>+7.2%} {row['ratio_to_bare']:>+8.2%}  "
-            f"{row['budget']:.0%} over {row['baseline']}: {verdict} "
+            f"{budget} over {row['baseline']}: {verdict} "
             f"(valgrind {row['valgrind_slowdown']}x slower)"
         )
 
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     _print(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0 if all(row["met"] for row in rows) else 1
+    return 1 if any(row["met"] is False for row in rows) else 0
 
 
 if __name__ == "__main__":
