@@ -184,14 +184,17 @@ def running_loop(caller: str) -> WatchedLoop:
 class _Running:
     """The parts of a started watcher, wired together; undone by :meth:`stop`.
 
-    If wiring fails half-way (a provider that raises), what was already acquired (the
-    dead man's timer descriptor, the GC clock, the heartbeat) is released before the
+    If wiring fails half-way (a meter provider that raises), what was already acquired
+    (the dead man's timer descriptor, the GC clock, the heartbeat) is released before the
     error propagates: a failed start leaves nothing behind."""
 
     def __init__(self, owner: LoopWatch, loop: WatchedLoop) -> None:
         config = owner.config
         wake = threading.Event()
         with contextlib.ExitStack() as undo:
+            self.deadman = DeadManSwitch.create(detection_delay(config))
+            if self.deadman is not None:
+                undo.callback(self.deadman.close)
             self.metrics = metrics_for(owner._meter_provider)
             utilization = UtilizationClock() if config.measure_utilization else None
             self.gauges = LoopGauges(
@@ -200,9 +203,6 @@ class _Running:
                 lambda: self.watchdog.ongoing_stall_seconds,
                 utilization,
             )
-            self.deadman = DeadManSwitch.create(detection_delay(config))
-            if self.deadman is not None:
-                undo.callback(self.deadman.close)
             self.heartbeat = Heartbeat(
                 loop,
                 config.interval,
