@@ -20,8 +20,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind
 
+from loopwatch.instrumentation import LoopWatchInstrumentor
+
 from ..conftest import points_by_metric
-from .apps.inprocess import Instrument, Probe, Providers, build_fastapi, culprit_name
+from .apps.inprocess import (
+    THRESHOLD_S,
+    Instrument,
+    Probe,
+    Providers,
+    build_fastapi,
+    culprit_name,
+)
 from .server import wait_until
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -147,3 +156,18 @@ def fastapi_app(otel: Otel, probe: Probe) -> Iterator[Callable[..., FastAPI]]:
     for app in built:
         if getattr(app, "_is_instrumented_by_opentelemetry", False):
             FastAPIInstrumentor.uninstrument_app(app)
+
+
+@pytest.fixture
+def instrumentor(otel: Otel) -> Iterator[LoopWatchInstrumentor]:
+    """The entry point's instrumentor, active for one test and always undone."""
+    instance = LoopWatchInstrumentor()
+    instance.instrument(
+        threshold=THRESHOLD_S,
+        tracer_provider=otel.providers.tracer_provider,
+        meter_provider=otel.providers.meter_provider,
+    )
+    try:
+        yield instance
+    finally:
+        instance.uninstrument()

@@ -96,20 +96,6 @@ def test_wrapped_framework_names_the_view_route_and_method(
         assert len({span.parent.span_id for span in spans}) == BLOCKS  # type: ignore[union-attr]
 
 
-@pytest.fixture
-def instrumentor(otel: Otel) -> Iterator[None]:
-    instance = LoopWatchInstrumentor()
-    instance.instrument(
-        threshold=THRESHOLD_S,
-        tracer_provider=otel.providers.tracer_provider,
-        meter_provider=otel.providers.meter_provider,
-    )
-    try:
-        yield
-    finally:
-        instance.uninstrument()
-
-
 @pytest.mark.usefixtures("instrumentor")
 @pytest.mark.parametrize("framework", list(BUILDERS))
 def test_zero_code_framework(framework: str, otel: Otel) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from loopwatch.instrumentation import LoopWatchInstrumentor
-
-from .apps.inprocess import THRESHOLD_S
 from .conftest import LOOPS, Otel
 from .server import (
     HTTP_TIMEOUT_S,
@@ -32,21 +29,6 @@ from .server import (
 from .test_spans import BLOCK_DURATION, STALL_S, assert_child_of, assert_names_culprit, server_span
 
 BLOCK_COUNT = "asyncio_eventloop_block_duration_seconds_count"
-
-
-@pytest.fixture
-def instrumentor(otel: Otel) -> Iterator[LoopWatchInstrumentor]:
-    """The entry point's instrumentor, active for one test and always undone."""
-    instance = LoopWatchInstrumentor()
-    instance.instrument(
-        threshold=THRESHOLD_S,
-        tracer_provider=otel.providers.tracer_provider,
-        meter_provider=otel.providers.meter_provider,
-    )
-    try:
-        yield instance
-    finally:
-        instance.uninstrument()
 
 
 @pytest.mark.usefixtures("instrumentor")
