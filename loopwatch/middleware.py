@@ -25,8 +25,8 @@ from .inflight import REQUEST_KEY, InflightRequests, OpenStall, Request
 from .metrics_server import requested_server, start_metrics_server
 from .reporting.reporter import BlockHook
 from .task_context import OTEL_CONTEXT_VARIABLE, OTEL_SPAN_KEY
-from .trio_loop import TrioLoop, current_trio_loop
-from .watcher import LoopWatch, WatchedLoop
+from .trio_loop import TrioLoop
+from .watcher import LoopWatch, WatchedLoop, find_running_loop
 
 logger = logging.getLogger("loopwatch")
 
@@ -242,14 +242,10 @@ class LoopWatchMiddleware:
 def _running_loop() -> WatchedLoop | None:
     """The running asyncio loop or trio run; ``None`` under another library (curio),
     whose apps then pass through unwatched (said once per process)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    trio_loop = current_trio_loop()
-    if trio_loop is None:
+    loop = find_running_loop()
+    if loop is None:
         _unwatched_once()
-    return trio_loop
+    return loop
 
 
 def _trio_checkpoint() -> Awaitable[None]:

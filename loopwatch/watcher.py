@@ -165,15 +165,19 @@ WatchedLoop = asyncio.AbstractEventLoop | TrioLoop
 """An asyncio event loop, or a trio run through :class:`~.trio_loop.TrioLoop`."""
 
 
-def running_loop(caller: str) -> WatchedLoop:
-    """The running asyncio loop or trio run, or an error that says what ``caller`` needs."""
+def find_running_loop() -> WatchedLoop | None:
+    """The running asyncio loop or trio run; ``None`` under any other library."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    trio_loop = current_trio_loop()
-    if trio_loop is not None:
-        return trio_loop
+        return current_trio_loop()
+
+
+def running_loop(caller: str) -> WatchedLoop:
+    """The running asyncio loop or trio run, or an error that says what ``caller`` needs."""
+    loop = find_running_loop()
+    if loop is not None:
+        return loop
     raise RuntimeError(
         f"{caller} found no running asyncio event loop or trio run (loopwatch watches "
         "asyncio and trio, not curio): call it from a coroutine, or pass the loop "
