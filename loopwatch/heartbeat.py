@@ -22,10 +22,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from time import monotonic, process_time, thread_time
+from types import CodeType
 from typing import NamedTuple
 
 from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK, GcTrigger
+from .sampler import loop_caller
 from .trio_loop import TrioLoop, TrioTimer
 
 logger = logging.getLogger("loopwatch")
@@ -118,6 +120,8 @@ class Heartbeat:
         """Set (to the shortest collection worth keeping) to have the gc callback note
         where collections on the loop's thread begin, in :attr:`gc_trigger`."""
         self.gc_trigger: GcTrigger | None = None
+        self.loop_caller: CodeType | None = None
+        """What called into the loop (see :func:`.sampler.loop_caller`), from the first tick."""
         self._wake_watchdog = wake_watchdog
         self._record = record
         self._unrecorded: list[Tick] = []
@@ -181,6 +185,7 @@ class Heartbeat:
         self.thread_id = thread.ident
         self.native_thread_id = threading.get_native_id()
         self.thread_name = thread.name
+        self.loop_caller = loop_caller(sys._getframe(1))
         if self.watch_collections is not None and self.gc_trigger is None:
             self.gc_trigger = GC_CLOCK.watch(thread.ident or 0, self.watch_collections)
         self._due = monotonic()
