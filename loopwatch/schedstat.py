@@ -14,12 +14,10 @@ from typing import NamedTuple
 
 
 class SchedSnapshot(NamedTuple):
-    """A thread's scheduler counters at ``at`` (monotonic seconds): time it ran or waited
-    for a CPU (``runnable``), and of that, time it waited (``queued``)."""
+    """A thread's scheduler counters at ``at`` (monotonic seconds)."""
 
     at: float
     runnable: float
-    queued: float
 
 
 class ThreadSchedStat:
@@ -39,8 +37,7 @@ class ThreadSchedStat:
             return None
         try:
             fields = os.pread(self._fd, 128, 0).split()
-            ran, queued = int(fields[0]) / 1e9, int(fields[1]) / 1e9
-            return SchedSnapshot(monotonic(), ran + queued, queued)
+            return SchedSnapshot(monotonic(), (int(fields[0]) + int(fields[1])) / 1e9)
         except (OSError, IndexError, ValueError):
             return None
 

@@ -15,7 +15,6 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from time import monotonic
 
@@ -27,7 +26,7 @@ except ImportError:  # pragma: no cover - not on Windows
 from .config import Config
 from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
-from .heartbeat import TIMER_RESOLUTION, Heartbeat, Tick
+from .heartbeat import Heartbeat, Tick
 from .inflight import (
     NOTHING_IN_FLIGHT,
     InFlight,
@@ -49,10 +48,6 @@ logger = logging.getLogger("loopwatch")
 
 MIN_SCHED_WINDOW = 0.02
 """Shortest window over which the loop thread's scheduler counters are trusted."""
-
-SLEEP_READINGS = 2
-"""Scheduler readings kept from before the watchdog's last sleeps (one per gap between
-ticks): one taken before a stall began is needed."""
 
 PAUSED_CHECK = 1.0
 """How often a watchdog with a dead man's switch looks at a loop that is not running
@@ -164,7 +159,6 @@ class Watchdog:
         self._numbers = itertools.count(1)
         self._schedstat: ThreadSchedStat | None = None
         self._sched_at_detection: SchedSnapshot | None = None
-        self._sched_before_sleep: deque[SchedSnapshot] = deque(maxlen=SLEEP_READINGS)
         self._rest_seen = 0.0
         """When a sample last showed the loop asleep in its selector (nothing held it)."""
         self._waited_for_gil = False
@@ -244,7 +238,6 @@ class Watchdog:
             if self._paused:
                 woke = self._wait_for_ticks()
                 return woke, woke
-            self._note_sched_before_sleep()
             deadman.wait(None)  # returns only when it trips
             woke = monotonic()
             intended = self._next_wake()  # when it tripped, or later if ticked since
@@ -258,17 +251,6 @@ class Watchdog:
                 self._wake.clear()
             woke = monotonic()
         return woke, intended
-
-    def _note_sched_before_sleep(self) -> None:
-        """Keep the loop thread's scheduler counters, once per gap between ticks: the
-        switch may trip (early) several times in one, and a reading from before the gap
-        began must stay (see :meth:`_queued_since`)."""
-        readings, last_ran = self._sched_before_sleep, self._heartbeat.last_ran
-        if readings and last_ran is not None and readings[-1].at >= last_ran:
-            return
-        reading = self._read_schedstat()
-        if reading is not None:
-            readings.append(reading)
 
     def _wait_for_ticks(self) -> float:
         """Until the loop (re)starts ticking (its next tick wakes the thread), or for
@@ -335,32 +317,21 @@ class Watchdog:
 
         Not before a sample that saw the loop asleep in its selector: a loop released by
         whatever held it finds its tick overdue and does not sleep, so what came before
-        made it no later. A gap a watchdog on time can miss (shorter than threshold +
-        tolerance) with the loop thread mostly off the CPU counts only what the tick's
-        lateness proves: the start estimate is off by up to half the interval, as long as
-        the threshold at small ones, and the loop is late by itself by up to its timers'
-        resolution (:data:`.heartbeat.TIMER_RESOLUTION`) plus the time its thread, woken
-        from the selector on a busy machine, waited for a CPU (Linux schedstat since the
-        watchdog went to sleep).
+        made it no later. And not at all for a gap a watchdog on time can miss (shorter
+        than threshold + tolerance) with the loop thread mostly off the CPU: nothing shows
+        that anything held it. A loop is late by itself, without a cause its thread can
+        see: its timers fire up to 1 ms late (whole milliseconds), its thread, woken on a
+        busy machine, queues for a CPU, and on a virtual machine the host delays its
+        timers by several milliseconds now and then. At small thresholds that is a stall
+        a second; a call that blocks the loop is sampled by a watchdog on time.
         """
         held = tick.ran - max(start, self._rest_seen)
         config = self._config
         idle = tick.thread_cpu - before.thread_cpu < 0.5 * (tick.ran - before.ran)
-        if config.threshold <= held < config.threshold + self._tolerance and idle:
-            late = tick.ran - tick.due
-            queued = self._queued_since(start)
-            held = 0.0 if queued is None else min(held, late - TIMER_RESOLUTION - queued)
-        return held
-
-    def _queued_since(self, start: float) -> float | None:
-        """How long the loop thread waited for a CPU since the watchdog went to sleep
-        before ``start`` (0 without schedstat). ``None`` if it had not yet gone to sleep
-        then: it was starting, and its own start-up held the GIL the loop waited for."""
-        if self._schedstat is not None and not self._schedstat.available:
+        on_time = self._held_off_until <= start
+        if held < config.threshold + self._tolerance and idle and on_time:
             return 0.0
-        before = next((r for r in reversed(self._sched_before_sleep) if r.at <= start), None)
-        now = self._read_schedstat() if before is not None else None
-        return now.queued - before.queued if before is not None and now is not None else None
+        return held
 
     def _tick_start(self, before: Tick, tick: Tick) -> float:
         """The start of a stall that ``tick`` ended, from the ticks' own records."""

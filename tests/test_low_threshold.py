@@ -40,7 +40,7 @@ async def watched(telemetry: Telemetry, body: Callable[[], Awaitable[None]]) -> 
 def test_an_idle_loop_reports_no_stall_at_a_1_ms_threshold(
     run: Run[list[BlockEvent]], telemetry: Telemetry
 ) -> None:
-    """Before, 12 to 160 stalls of 1-9 ms in 3 s (none on an unloaded machine), named after
+    """Before, 12 to 160 stalls of 1-9 ms in 3 s (fewer on an unloaded machine), named after
     no code or, on uvloop, after the function that called ``run_until_complete``. A process
     the machine did not run for longer than the watchdog's tolerance (20 ms) is still
     reported, as ``unscheduled``: that lag is real, and not the loop's."""
