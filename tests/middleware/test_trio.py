@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from fastapi import FastAPI
 from hypercorn.config import Config
@@ -132,6 +133,28 @@ def test_trio_served_requests_of_an_untraced_app_are_found_by_scope(
     assert attrs(blocked)["loopwatch.delayed_requests"] == VICTIMS
     assert blocked.parent is None
     assert not blocked.links
+
+
+HEALTHY = 20
+
+
+@pytest.mark.usefixtures("instrumentor")
+def test_trio_served_app_is_watched_by_the_instrumentor(
+    otel: Otel, probe: Probe, fastapi_app: Callable[..., FastAPI]
+) -> None:
+    """The zero-code instrumentor watches a FastAPI app with no loopwatch code served by
+    hypercorn's trio worker: every request is answered, the handler's block is a
+    ``loop.blocked`` span in its request's trace, and the requests it held up are linked."""
+    app = fastapi_app(loopwatch=False, instrument="after")
+    with serve_with_trio(app) as url, ThreadPoolExecutor(VICTIMS) as pool:
+        healthy = [get(f"{url}/health").status_code for _ in range(HEALTHY)]
+        block_while_victims_wait(url, pool, probe, item_id=5)
+        [blocked] = otel.blocked_spans()
+        culprit = server_span(otel, "/block/{item_id}")
+        wait_until(lambda: len(otel.server_spans("/sleep")) == VICTIMS, SPAN_WAIT_S, "victim spans")
+    assert healthy == [200] * HEALTHY
+    assert_victims_linked(blocked, culprit, otel.server_spans("/sleep"))
+    assert attrs(blocked)["loopwatch.delayed_requests"] == VICTIMS
 
 
 def views_in_child_tasks(probe: Probe) -> Callable[[Scope, Receive, Send], Any]:
