@@ -141,16 +141,38 @@ class TrioLoop:
         return chain
 
     async def _run_timers(self) -> None:
+        """Sleep until the pending timer is due, run it, repeat.
+
+        Trio's only clock is a cancel scope's deadline. A deadline that passes throws
+        ``Cancelled`` through the sleep: an exception raised and caught at every tick
+        (with ``trio.sleep_until`` too), a quarter of the tick's instructions. Instead,
+        the abort callback that trio calls when the scope is cancelled wakes the task
+        with a plain value once the deadline (the pending timer's) has passed, and lets
+        any other cancellation (the run ending) through.
+        """
         trio = self._trio
+        lowlevel = trio.lowlevel
+        current_time = trio.current_time
+        task = lowlevel.current_task()
+        woken = lowlevel.Abort.FAILED
+        cancelled = lowlevel.Abort.SUCCEEDED
+
+        def abort(raise_cancel: Any) -> Any:
+            scope = self._scope
+            if scope is not None and current_time() >= scope.deadline:
+                lowlevel.reschedule(task)
+                return woken
+            return cancelled
+
         try:
             while True:
                 timer = self._timer
                 with trio.CancelScope(deadline=math.inf if timer is None else timer.when) as scope:
                     self._scope = scope
-                    await trio.sleep_forever()
+                    await lowlevel.wait_task_rescheduled(abort)
                 self._scope = None
-                timer = self._timer
-                if timer is not None and trio.current_time() >= timer.when:
+                timer = self._timer  # due: only ``abort`` wakes the task, at the deadline
+                if timer is not None:
                     self._timer = None
                     self._guarded(timer)
         finally:
