@@ -23,7 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import accuracy, inserver, instructions, memory, micro, overhead, peers, report, switching
+from . import (
+    accuracy,
+    inserver,
+    instructions,
+    memory,
+    micro,
+    overhead,
+    peers,
+    report,
+    switching,
+    trio_cost,
+)
 from .common import RAW_DIR, ROOT, machine
 
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -35,6 +46,7 @@ SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "memory": memory.run,
     "instructions": instructions.run,
     "peers": peers.run,
+    "trio": trio_cost.run,
 }
 NEEDS_WRK = {"overhead", "inserver", "memory"}
 
@@ -148,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     if NEEDS_WRK & set(sections) and shutil.which("wrk") is None:
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
-    if "instructions" in sections and not instructions.available():
-        print("valgrind is not installed (Debian: apt-get install valgrind): "
-              "the instructions section is left out", file=sys.stderr)  # fmt: skip
-        sections.remove("instructions")
+    for needs_valgrind in ("instructions", "trio"):
+        if needs_valgrind in sections and not instructions.available():
+            print("valgrind is not installed (Debian: apt-get install valgrind): "
+                  f"the {needs_valgrind} section is left out", file=sys.stderr)  # fmt: skip
+            sections.remove(needs_valgrind)
     started = time.monotonic()
     results: dict[str, Any] = {
         "machine": machine(),

@@ -637,6 +637,8 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         out += memory_section(results, figures)
     if "instructions" in sections:
         out += instructions_section(results)
+    if "trio" in sections:
+        out += trio_section(results["trio"])
     if "peers" in sections:
         out += peers_report.section(results, figures)
     return out
@@ -1342,6 +1344,61 @@ def instructions_section(results: Results) -> list[str]:
             f"| hello / asyncio / {_otel_label(row)} | {row['without']:,.0f} | "
             f"{row['with']:,.0f} | {row['added']:+,.0f} ({_pct(row['ratio'] - 1, 2)}) |"
         )
+    return out
+
+
+def trio_section(data: dict[str, Any]) -> list[str]:
+    """The heartbeat's cost on trio, in instructions (:mod:`bench.trio_cost`)."""
+    short, long = data["seconds"]
+    switches = data["switches"]
+    few, many = data["units"]
+    run = data.get("run")
+    out = [
+        "",
+        "## trio: the heartbeat's cost in instructions",
+        "",
+        *([f"`{run['command']}` on {run['date']}, code at `{run['code']}`.", ""] if run else []),
+        "Counted by `valgrind --tool=cachegrind` (every thread), so the load of this shared "
+        "machine does not move them. *Per tick*: a loop with nothing else to do, watched at "
+        f"a {data['interval'] * 1000:g} ms interval for {short:g} s and then, in a new "
+        f"process, {long:g} s; the difference in instructions divided by the difference in "
+        "ticks is one tick with the loop iteration that runs it, start-up cancelled out. "
+        "Trio has no timer callbacks: the heartbeat is a system task that sleeps in a "
+        "cancel scope with a deadline, entered and left at every tick (the "
+        "deadline wakes it through the abort callback, without raising `Cancelled`). "
+        f"*Per task switch*: {data['tasks']} tasks switching with `await trio.sleep(0)`, "
+        f"{few:,} and then {many:,} switches, bare and with `LoopWatch()` (as "
+        "`python -m bench.guard` counts them, the heartbeat's interval stretched by "
+        "valgrind's measured slowdown so that it ticks as often per switch as at full "
+        "speed).",
+        "",
+        "| loop | instructions per tick | ticks (short, long run) |",
+        "|---|---|---|",
+    ]
+    for row in data["ticks"]:
+        out.append(
+            f"| {row['library']} | {row['per_tick']:,.0f} | "
+            f"{row['ticks'][0]:,}, {row['ticks'][1]:,} |"
+        )
+    out += [
+        "",
+        "| workload | instructions per switch, bare | with loopwatch | added | valgrind slowdown |",
+        "|---|---|---|---|---|",
+        f"| {switches['workload']} | {switches['bare']:,} | {switches['loopwatch']:,} | "
+        f"{switches['added']:+,} ({_pct(switches['ratio'], 2)}) | "
+        f"{switches['valgrind_slowdown']:g}x |",
+        "",
+        "The stretched interval is only as right as the slowdown measured once: valgrind's "
+        "speed moves with the load of the moment, and a trio tick costs ~3.5 times an "
+        "asyncio one, so this figure moved from +104 to +771 instructions per switch in "
+        "four runs of the same code. Derived instead from the tick's count and the "
+        f"switches' native speed ({data['native_cpu_per_switch'] * 1e6:.1f} µs of CPU per "
+        "switch, so one tick every "
+        f"{data['default_interval'] / data['native_cpu_per_switch']:,.0f} switches at the "
+        f"default {data['default_interval'] * 1000:g} ms): "
+        f"**{data['derived_per_switch']:+,.0f} instructions per switch "
+        f"({_pct(data['derived_per_switch'] / switches['bare'], 2)})**.",
+    ]
     return out
 
 

@@ -7,7 +7,7 @@ has a variable named ``scope`` are looked into.
 
 Quart and Django run the view in a child task: the stalled stack then holds no scope, and
 the culprit request is found in the tasks waiting for the running one (see
-:mod:`.awaited_by`), which are no victims of it.
+:mod:`.awaited_by`; on trio, the tasks whose nurseries hold it), which are no victims of it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from .awaited_by import awaiting_tasks
 from .routes import frame_route, scope_route
+from .trio_loop import TrioLoop
 
 SCOPE_VARIABLE = "scope"
 
@@ -46,10 +47,13 @@ class StalledHttp(NamedTuple):
     route: str | None
 
 
-def stalled_http(thread_id: int, loop: asyncio.AbstractEventLoop | None) -> StalledHttp:
+Loop = asyncio.AbstractEventLoop | TrioLoop
+
+
+def stalled_http(thread_id: int, loop: Loop | None) -> StalledHttp:
     """The HTTP scopes of the request that the stalled loop thread ``thread_id`` serves:
     in its stack, else in the tasks waiting for the running task (a view run in a child
-    task; asyncio only: ``loop`` is ``None`` elsewhere), nearest first."""
+    task; none if ``loop`` is ``None``), nearest first."""
     scopes: Scopes = []
     routes: list[str] = []
     frame: FrameType | None = sys._current_frames().get(thread_id)
@@ -69,9 +73,7 @@ def stalled_http(thread_id: int, loop: asyncio.AbstractEventLoop | None) -> Stal
     return StalledHttp(scopes, routes[0] if routes else None)
 
 
-def tasks_serving_http(
-    loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[Any]]
-) -> list[tuple[asyncio.Task[Any], Scopes]]:
+def tasks_serving_http(loop: Loop, tasks: list[Any]) -> list[tuple[Any, Scopes]]:
     """One task per request served by ``tasks`` (at most :data:`MAX_TASKS` of them), told
     apart by the outermost HTTP scope along their chains of awaited coroutines, with the
     HTTP scopes along the chain, outermost first; the task running on ``loop`` is left
@@ -79,7 +81,7 @@ def tasks_serving_http(
     requests a stall holds up."""
     tasks = tasks[:MAX_TASKS]
     culprit = {id(task) for task in _awaiting_running(loop, tasks)}
-    found: dict[int, tuple[asyncio.Task[Any], Scopes]] = {}
+    found: dict[int, tuple[Any, Scopes]] = {}
     for task in tasks:
         if id(task) in culprit:
             continue
@@ -89,11 +91,11 @@ def tasks_serving_http(
     return list(found.values())
 
 
-def _awaiting_running(
-    loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[Any]] | None = None
-) -> list[Any]:
+def _awaiting_running(loop: Loop, tasks: list[Any] | None = None) -> list[Any]:
     """The task running on ``loop`` and the tasks waiting for it, nearest first (none
     outside a task, or if the loop's tasks cannot be read)."""
+    if isinstance(loop, TrioLoop):
+        return loop.running_chain()
     try:
         running = asyncio.current_task(loop)
         if running is None:
@@ -107,7 +109,9 @@ def _awaiting_running(
 
 def _coro_of(task: Any) -> Any:
     get_coro = getattr(task, "get_coro", None)  # a Task from a custom task factory
-    return get_coro() if get_coro is not None else None
+    if get_coro is not None:
+        return get_coro()
+    return getattr(task, "coro", None)  # a trio task
 
 
 def _http_in_chain(awaitable: Any, routes: list[str] | None = None) -> Scopes:

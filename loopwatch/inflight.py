@@ -17,8 +17,9 @@ from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry import trace
 
-from .asgi_scope import Scopes, stalled_http, tasks_serving_http
+from .asgi_scope import MAX_TASKS, Loop, Scopes, stalled_http, tasks_serving_http
 from .task_context import current_span_in, task_context
+from .trio_loop import TrioLoop
 
 REQUEST_KEY = "loopwatch.request"
 """The ASGI scope key of the :class:`Request` of a traced request, while it is served.
@@ -177,7 +178,7 @@ def kept_request(scopes: Scopes) -> Request | None:
     return None
 
 
-def stalled_request(thread_id: int, loop: asyncio.AbstractEventLoop | None) -> AnyRequest | None:
+def stalled_request(thread_id: int, loop: Loop | None) -> AnyRequest | None:
     """The request the stalled loop thread ``thread_id`` serves, found by the HTTP scopes
     in its stack (or in the tasks waiting for its task) and described by the innermost
     (read off-loop, during the stall)."""
@@ -194,14 +195,18 @@ def stalled_request(thread_id: int, loop: asyncio.AbstractEventLoop | None) -> A
     return request
 
 
-def requests_waiting_on(loop: asyncio.AbstractEventLoop) -> InFlight:
+def requests_waiting_on(loop: Loop) -> InFlight:
     """The unfinished requests whose tasks are alive on ``loop`` (from any thread).
 
     During a stall these tasks all wait on the loop. ``asyncio.all_tasks`` is written to
-    be read from other threads; if it cannot be read, no request is found.
+    be read from other threads (a trio run's tasks are listed by :meth:`TrioLoop.tasks`);
+    if they cannot be read, no request is found.
     """
     try:
-        tasks = list(asyncio.all_tasks(loop))
+        if isinstance(loop, TrioLoop):
+            tasks = loop.tasks(MAX_TASKS)
+        else:
+            tasks = list(asyncio.all_tasks(loop))
     except RuntimeError:
         return NOTHING_IN_FLIGHT
     tracked: dict[int, Request] = {}  # tasks with different scopes may serve one request

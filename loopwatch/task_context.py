@@ -40,15 +40,16 @@ def snapshot_task(loop: asyncio.AbstractEventLoop) -> TaskSnapshot:
     return TaskSnapshot(task.get_name(), task_context(task))
 
 
-def task_context(task: asyncio.Task[object]) -> contextvars.Context | None:
-    """The ``contextvars.Context`` a task runs its steps in."""
+def task_context(task: object) -> contextvars.Context | None:
+    """The ``contextvars.Context`` an asyncio or trio task runs its steps in."""
     get_context = getattr(task, "get_context", None)
     if get_context is not None:
         context: contextvars.Context = get_context()
         return context
-    private = getattr(task, "_context", None)
-    if isinstance(private, contextvars.Context):
-        return private
+    for attribute in ("context", "_context"):  # trio's; the pure-Python asyncio task's
+        kept = getattr(task, attribute, None)
+        if isinstance(kept, contextvars.Context):
+            return kept
     for referent in gc.get_referents(task):
         if isinstance(referent, contextvars.Context):
             return referent

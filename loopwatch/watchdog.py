@@ -28,8 +28,6 @@ from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
 from .heartbeat import Heartbeat, Tick
 from .inflight import (
-    NOTHING_IN_FLIGHT,
-    InFlight,
     InflightRequests,
     OpenStall,
     requests_waiting_on,
@@ -138,7 +136,6 @@ class Watchdog:
         deadman: DeadManSwitch | None = None,
     ) -> None:
         self._loop = loop
-        self._asyncio_loop = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
         self._heartbeat = heartbeat
         self._config = config
         self._listener = listener
@@ -302,7 +299,7 @@ class Watchdog:
         stall.cause = stall.classify(before, tick)
         self._find_culprit(stall, tick.ran)
         if stall.in_flight is None and not stall.suppressed:
-            stall.in_flight = self._requests_waiting()
+            stall.in_flight = requests_waiting_on(self._loop)
         if self.utilization is not None and stall.cause == BLOCKING:
             self.utilization.add_blocked(tick.ran - stall.start)
         self._listener.on_stall_ended(stall, before, tick)
@@ -382,7 +379,7 @@ class Watchdog:
         self._heartbeat.watchdog_waiting = True
         self._stall = stall
         if not stall.suppressed:  # every request's task waits on the loop now
-            stall.in_flight = self._requests_waiting()
+            stall.in_flight = requests_waiting_on(self._loop)
         self._next_sample_at = start + 2 * (now - start)
         self._listener.on_stall_started(stall)
 
@@ -464,19 +461,13 @@ class Watchdog:
                 on_time,
                 task.name,
                 current_span_in(task.context),
-                stalled_request(thread_id, self._asyncio_loop),
+                stalled_request(thread_id, self._loop),
             )
         )
 
     def _snapshot_task(self) -> TaskSnapshot:
         loop = self._loop
         return loop.snapshot_task() if isinstance(loop, TrioLoop) else snapshot_task(loop)
-
-    def _requests_waiting(self) -> InFlight:
-        """The requests held up by the stall; on trio, none is found (its tasks are not
-        listed for other threads)."""
-        loop = self._loop
-        return NOTHING_IN_FLIGHT if isinstance(loop, TrioLoop) else requests_waiting_on(loop)
 
     def _loop_moved_on(self) -> bool:
         """Whether the loop has run again since the stall began (a heartbeat ticked)."""

@@ -144,7 +144,14 @@ def test_victims_are_linked_and_marked(
         [blocked] = otel.blocked_spans()
         culprit = server_span(otel, "/block/{item_id}")
         wait_until(lambda: len(otel.server_spans("/sleep")) == VICTIMS, SPAN_WAIT_S, "victim spans")
-    victim_spans = otel.server_spans("/sleep")
+    assert_victims_linked(blocked, culprit, otel.server_spans("/sleep"))
+
+
+def assert_victims_linked(
+    blocked: ReadableSpan, culprit: ReadableSpan, victim_spans: list[ReadableSpan]
+) -> None:
+    """``blocked`` is the culprit's stall, linking every victim, which carries
+    ``loopwatch.delayed_by``; the culprit is neither linked nor delayed."""
     assert_names_culprit(blocked, "/block/{item_id}")
     assert_child_of(blocked, culprit)
     delayed_links = {

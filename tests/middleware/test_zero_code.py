@@ -70,6 +70,19 @@ def instrumented_uvicorn(port: int, loop: str) -> list[str]:
     ]
 
 
+def instrumented_hypercorn_trio(port: int) -> list[str]:
+    """``opentelemetry-instrument hypercorn --worker-class trio`` serving the same app."""
+    return [
+        venv_script("opentelemetry-instrument"),
+        venv_script("hypercorn"),
+        "--worker-class",
+        "trio",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "tests.middleware.apps.plain_fastapi:app",
+    ]
+
+
 def zero_code_environ(metrics_port: int) -> dict[str, str]:
     return child_environ(
         OTEL_TRACES_EXPORTER="console",
@@ -125,19 +138,34 @@ def console_spans(output: str) -> list[dict[str, Any]]:
     return spans
 
 
+HEALTHY = 20
+
+
 @pytest.mark.skipif(not HAVE_DISTRO, reason="needs opentelemetry-distro (SDK set up by env)")
-def test_opentelemetry_instrument_with_distro_parents_the_span(tmp_path: Path) -> None:
-    """With the SDK configured by ``opentelemetry-distro``: the ``loop.blocked`` span printed
+@pytest.mark.parametrize("server_name", ["uvicorn", "hypercorn-trio"])
+def test_opentelemetry_instrument_with_distro_parents_the_span(
+    server_name: str, tmp_path: Path
+) -> None:
+    """With the SDK configured by ``opentelemetry-distro``, under uvicorn (asyncio) or
+    hypercorn's trio worker: every request is answered, the ``loop.blocked`` span printed
     by the console exporter is a child of FastAPI's server span, and the metrics port still
     counts the stall although ``OTEL_METRICS_EXPORTER=none`` set up a reader-less SDK."""
     port, metrics_port = free_port(), free_port()
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    argv = instrumented_uvicorn(port, "asyncio")
+    if server_name == "uvicorn":
+        argv = instrumented_uvicorn(port, "asyncio")
+    else:
+        argv = instrumented_hypercorn_trio(port)
     with run_process(
         argv, env=zero_code_environ(metrics_port), log_path=tmp_path / "log"
     ) as server:
-        wait_http_ok(f"http://127.0.0.1:{port}/health", server)
-        block = httpx.get(f"http://127.0.0.1:{port}/block/2?seconds=0.4", timeout=HTTP_TIMEOUT_S)
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/health", server)
+        healthy = [
+            httpx.get(f"{url}/health", timeout=HTTP_TIMEOUT_S).status_code for _ in range(HEALTHY)
+        ]
+        block = httpx.get(f"{url}/block/2?seconds=0.4", timeout=HTTP_TIMEOUT_S)
+        assert healthy == [200] * HEALTHY
         assert block.status_code == 200
         wait_until(
             lambda: (

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 from fastapi import BackgroundTasks, FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from opentelemetry import trace
@@ -157,7 +158,7 @@ def build_fastapi(
     @app.get("/sleep")
     async def sleep(seconds: float = 0.8) -> dict[str, float]:
         probe.sleeper_started()
-        await asyncio.sleep(seconds)
+        await anyio.sleep(seconds)  # served on trio too
         return {"slept": seconds}
 
     @app.get("/stream")
