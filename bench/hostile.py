@@ -792,8 +792,10 @@ def section(data: dict[str, Any]) -> list[str]:
         f"run {n + 1}: {r['seconds']:.0f} s, load average {r['load_before'][0]:.1f} before and "
         f"{r['load_after'][0]:.1f} after, other processes {r['other_cores']:.2f} of the cores"
         for n, r in enumerate(rounds)
-    ) + ". Point 4 counts `unscheduled` stalls apart: the process was not run (a busy "
-        "machine), which is real lag but not the loop's."]  # fmt: skip
+    ) + ". Point 4 holds with at most 2 stalls per loop in 3 s (the bound of "
+        "`tests/test_low_threshold.py`; the issue asks for none), `unscheduled` ones apart: "
+        "the process was not run (a busy machine), which is real lag but not the loop's; "
+        "its watchdog must stay under 5 % of a core."]  # fmt: skip
     failed = [
         (n + 1, key, r["points"][key]) for n, r in enumerate(rounds)
         for key in r["points"] if not r["points"][key]["ok"] and "error" in r["points"][key]
