@@ -25,6 +25,7 @@ from typing import Any
 
 from . import (
     accuracy,
+    hostile,
     inserver,
     instructions,
     memory,
@@ -47,6 +48,7 @@ SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "instructions": instructions.run,
     "peers": peers.run,
     "trio": trio_cost.run,
+    "hostile": hostile.run,
 }
 NEEDS_WRK = {"overhead", "inserver", "memory"}
 

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from . import peers_report, switching
+from . import hostile, peers_report, switching
 from .accuracy import THRESHOLD, CaseResult, case_results, tolerance
 from .common import median_interval
 from .micro import IDLE_THREAD, LOOPWATCH_NO_CLOCK, PENDING_TIMER, SHAPES, TIMER_AND_THREAD
@@ -641,6 +641,8 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         out += trio_section(results["trio"])
     if "peers" in sections:
         out += peers_report.section(results, figures)
+    if "hostile" in sections:
+        out += hostile.section(results["hostile"])
     return out
 
 
@@ -940,6 +942,8 @@ def goals(results: Results) -> list[str]:
             f"(max {mem['rss_max_mib']:.1f}), {per_request:.1f} bytes per request; threads "
             f"{mem['threads_min']}-{mem['threads_max']} ({_memory_verdict(mem, flat)}) |"
         )
+    if "hostile" in sections:
+        rows.append(hostile.goal_row(results["hostile"]))
     return rows
 
 
