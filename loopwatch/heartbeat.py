@@ -22,6 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from time import monotonic, process_time, thread_time
+from types import CodeType
 from typing import NamedTuple
 
 from .deadman import DeadManSwitch
@@ -74,6 +75,15 @@ in a hot loop, about 35 µs in a server under load (libc through ctypes, out of 
 caches); re-arming every quarter of the delay cost 7 µs of a 47 µs tick on average."""
 
 
+LATE_PROBE = 0.25
+LATE_TRIGGER_SHARE = 0.25
+"""Busy sampling starts once the ticks of :data:`LATE_PROBE` seconds were late by
+``busy_threshold`` x this share of it in all (31 ms at the default 0.5). A late tick
+shows only part of the busy time before it: a loop sleeping 20 ms in every 25 ms makes
+its ticks late by 5 ms per 25 ms (they are stretched, see :data:`IDLE_STRETCH`), while
+a healthy loop is rarely late by :func:`gil_wait` at all."""
+
+
 TIMER_RESOLUTION = 0.001
 """The shortest delay the heartbeat asks its loop for. Loops time their timers in whole
 milliseconds: asked for 0.5 ms, an idle stdlib loop sleeps 1 ms in ``epoll_wait`` (so a
@@ -105,6 +115,7 @@ class Heartbeat:
         wake_watchdog: threading.Event,
         record: Callable[[Sequence[Tick]], None] | None = None,
         deadman: DeadManSwitch | None = None,
+        busy_threshold: float = 0.0,
     ) -> None:
         self.loop = loop
         self.interval = max(interval, TIMER_RESOLUTION)
@@ -118,6 +129,15 @@ class Heartbeat:
         """Set (to the shortest collection worth keeping) to have the gc callback note
         where collections on the loop's thread begin, in :attr:`gc_trigger`."""
         self.gc_trigger: GcTrigger | None = None
+        self.loop_caller: CodeType | None = None
+        self.busy_sampling = False
+        """Set here when the ticks show a busy loop, cleared by the watchdog when its
+        samples no longer do."""
+        self.busy_resume_at = 0.0
+        """Before then the ticks do not ask for busy sampling (set by the watchdog)."""
+        self._busy_trigger = busy_threshold * LATE_PROBE * LATE_TRIGGER_SHARE
+        self._late_since = -LATE_PROBE
+        self._late_sum = 0.0
         self._wake_watchdog = wake_watchdog
         self._record = record
         self._unrecorded: list[Tick] = []
@@ -174,9 +194,34 @@ class Heartbeat:
             self._record = None
             logger.exception("loopwatch stopped recording loop delay metrics")
 
+    def _note_late(self, now: float, late: float) -> None:
+        """A late tick: the loop was busy (or held off) for ``late`` seconds. Once the
+        ticks of the last :data:`LATE_PROBE` were late by ``busy_trigger`` seconds in all,
+        ask the watchdog to sample the busy loop (see :mod:`.busy`), unless it already
+        does or found it idle lately (:attr:`busy_resume_at`). Only late ticks get here."""
+        if self.busy_sampling or now < self.busy_resume_at:
+            return
+        if now - self._late_since > LATE_PROBE:
+            self._late_since, self._late_sum = now - late, 0.0
+        self._late_sum += late
+        if self._late_sum < self._busy_trigger:
+            return
+        self._late_sum = 0.0
+        self.busy_sampling = True
+        if self._deadman is not None:
+            # Trip it now, and keep this tick from re-arming it (which would cancel the trip).
+            self._rearm_due = now + self._rearm_spacing
+            self._deadman.trip()
+        else:
+            self._wake_watchdog.set()
+
     def _first_tick(self) -> None:
         if not self._running:
             return
+        # The frame that runs callbacks: on a loop written in C (uvloop), whoever called
+        # run_until_complete; a sample showing it on top shows the loop waiting.
+        caller = sys._getframe(0).f_back
+        self.loop_caller = caller.f_code if caller is not None else None
         thread = threading.current_thread()
         self.thread_id = thread.ident
         self.native_thread_id = threading.get_native_id()
@@ -200,12 +245,12 @@ class Heartbeat:
         self.ticks.append(tick)
         interval = self.interval
         previous = self.last_ran
-        if (
-            now - self._due > self._gil_wait
-            and previous is not None
-            and cpu - self._previous_cpu < IDLE_SHARE * (now - previous)
-        ):
-            interval *= IDLE_STRETCH  # it waited for the GIL, with nothing else to do
+        late = now - self._due
+        if late > self._gil_wait and previous is not None:
+            if cpu - self._previous_cpu < IDLE_SHARE * (now - previous):
+                interval *= IDLE_STRETCH  # it waited for the GIL, with nothing else to do
+            if self._busy_trigger:
+                self._note_late(now, late)
         self._previous_cpu = cpu
         self.last_ran = now
         if self.watchdog_waiting:
