@@ -107,7 +107,8 @@ class LoopMetrics:
             unit="s",
             description="Time the loop was found busy (running callbacks, computing or "
             "blocked in a sync call) while it was sampled as busy, by code.function.name "
-            f"(the top {BUSY_FUNCTIONS} functions per process, the rest as other).",
+            f"(the top {BUSY_FUNCTIONS} functions per process, the rest as other), "
+            "all loops of the process together.",
         )
         self._busy_names: set[str] = set()
         self._busy_lock = threading.Lock()

@@ -63,6 +63,8 @@ class Reporter(StallListener):
         self._hook_failed = False
         self._logged_live: set[int] = set()  # stalls (by number) reported while ongoing
         self._spans_lost = 0  # span reports dropped by a full queue, not yet handed on
+        if config.busy_threshold > 0:  # a series from the start: dashboards show 0, not gaps
+            metrics.busy_time.add(0.0, {"code.function.name": "other"})
 
     def on_stall_started(self, stall: Stall) -> None:
         if self._config.dump_after > 0:
@@ -106,11 +108,8 @@ class Reporter(StallListener):
         """Count the window's busy time by function; report a window busy enough."""
         thread = self._thread()
         for function, seconds in window.ranking:
-            attributes = {
-                "code.function.name": self._metrics.busy_label(function),
-                "thread.name": thread[1],
-            }
-            self._metrics.busy_time.add(seconds, attributes)
+            label = self._metrics.busy_label(function)
+            self._metrics.busy_time.add(seconds, {"code.function.name": label})
         if window.ratio < self._config.busy_threshold:
             return
         self._submit(worker.LOGS, partial(self._log_busy, window, thread))
