@@ -23,7 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import accuracy, inserver, instructions, memory, micro, overhead, peers, report, switching
+from . import (
+    accuracy,
+    busy,
+    inserver,
+    instructions,
+    memory,
+    micro,
+    overhead,
+    peers,
+    report,
+    switching,
+)
 from .common import RAW_DIR, ROOT, machine
 
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -35,6 +46,7 @@ SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "memory": memory.run,
     "instructions": instructions.run,
     "peers": peers.run,
+    "busy": busy.run,
 }
 NEEDS_WRK = {"overhead", "inserver", "memory"}
 

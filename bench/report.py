@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from . import peers_report, switching
+from . import busy, peers_report, switching
 from .accuracy import THRESHOLD, CaseResult, case_results, tolerance
 from .common import median_interval
 from .micro import IDLE_THREAD, LOOPWATCH_NO_CLOCK, PENDING_TIMER, SHAPES, TIMER_AND_THREAD
@@ -639,6 +639,8 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         out += instructions_section(results)
     if "peers" in sections:
         out += peers_report.section(results, figures)
+    if "busy" in sections:
+        out += busy.section(results)
     return out
 
 
