@@ -438,9 +438,12 @@ class Watchdog:
         """Sample a busy loop (sampling starts when the heartbeat asks, and stops when the
         samples no longer show it busy); report each window as it closes."""
         heartbeat = self._heartbeat
-        if not busy.sampling and heartbeat.busy_sampling:
+        if not busy.sampling and heartbeat.busy_sampling and not self._paused:
             busy.enter(now)
-        if busy.sampling and now >= busy.next_sample_at:
+        if busy.sampling and self._paused:  # the loop stopped: nothing to sample
+            busy.leave(now)
+            heartbeat.busy_sampling = False
+        elif busy.sampling and now >= busy.next_sample_at:
             thread_id = heartbeat.thread_id
             sample = take_sample(thread_id, self._config.max_frames) if thread_id else None
             busy.record(now, sample)
