@@ -14,14 +14,15 @@ Samples are only taken while the heartbeat runs late: a healthy loop is never sa
 and its watchdog never woken. A loop that looks busy to the heartbeat but idle to the
 samples (ticks late because another thread held the GIL) stops the sampling after
 :data:`PROBE_SPAN`, and is not sampled again for a cool-down that doubles each time.
-Runs on the watchdog thread only.
+What a sample shows is told by :meth:`.stacks.CulpritFinder.at_rest` (the loop in its
+selector or its own dispatching) and :meth:`.stacks.CulpritFinder.culprit`. Runs on the
+watchdog thread only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import CodeType
 
 from .sampler import RawFrame, Sample, split_own_frames
 from .stacks import CulpritFinder, function_name
@@ -46,29 +47,6 @@ MAX_KEYS = 1000
 OTHER = "other"
 UNATTRIBUTED = "<unattributed>"
 """Busy samples in which every frame belongs to a skipped module (framework code)."""
-
-_IDLE_MODULES = ("asyncio.base_events", "asyncio.runners", "uvloop", "trio._core", "selectors")
-_DRIVERS = frozenset({"_run_once", "run_forever", "run_until_complete", "run", "unrolled_run"})
-
-
-def shows_busy(sample: Sample, idle_code: CodeType | None = None) -> bool:
-    """Whether the loop thread ran something other than the loop itself: a frame outside
-    the loop's own modules (its selector wait, ``_run_once``) above the frame driving it
-    (``run_forever``, uvloop's or asyncio's ``run``, trio's ``unrolled_run``).
-
-    ``idle_code`` is the frame a loop written in C (uvloop) runs its callbacks from,
-    whoever called it (see :attr:`.heartbeat.Heartbeat.loop_caller`): a sample that shows
-    only that frame on top shows the loop waiting."""
-    frames = sample.frames
-    if frames and frames[0].code is idle_code:
-        return False
-    for frame in frames:
-        module = frame.module
-        if frame.code.co_name in _DRIVERS and module.startswith(_IDLE_MODULES):
-            return False
-        if not module.startswith(_IDLE_MODULES):
-            return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -140,7 +118,6 @@ class BusySampler:
         period: float,
         longest: float,
         finder: CulpritFinder,
-        idle_code: Callable[[], CodeType | None],
         cpu_seconds: Callable[[], float | None],
         add_blocked: Callable[[float], None] | None,
     ) -> None:
@@ -149,7 +126,6 @@ class BusySampler:
         self.period = period
         self._longest = longest
         self._finder = finder
-        self._idle_code = idle_code
         self._cpu_seconds = cpu_seconds
         self._add_blocked = add_blocked
         self.sampling = False
@@ -214,7 +190,7 @@ class BusySampler:
         """The function ``sample`` shows the loop busy in, or ``None`` if it shows it waiting
         (or in a heartbeat tick)."""
         sample, own = split_own_frames(sample)
-        if own or not shows_busy(sample, self._idle_code()):
+        if own or not sample.frames or self._finder.at_rest(sample):
             return None
         culprit = self._finder.culprit(sample)
         return (function_name(culprit) if culprit else UNATTRIBUTED), culprit

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK, GcTrigger
+from .sampler import loop_caller
 from .trio_loop import TrioLoop, TrioTimer
 
 logger = logging.getLogger("loopwatch")
@@ -130,6 +131,7 @@ class Heartbeat:
         where collections on the loop's thread begin, in :attr:`gc_trigger`."""
         self.gc_trigger: GcTrigger | None = None
         self.loop_caller: CodeType | None = None
+        """What called into the loop (see :func:`.sampler.loop_caller`), from the first tick."""
         self.busy_sampling = False
         """Set here when the ticks show a busy loop, cleared by the watchdog when its
         samples no longer do."""
@@ -218,14 +220,11 @@ class Heartbeat:
     def _first_tick(self) -> None:
         if not self._running:
             return
-        # The frame that runs callbacks: on a loop written in C (uvloop), whoever called
-        # run_until_complete; a sample showing it on top shows the loop waiting.
-        caller = sys._getframe(0).f_back
-        self.loop_caller = caller.f_code if caller is not None else None
         thread = threading.current_thread()
         self.thread_id = thread.ident
         self.native_thread_id = threading.get_native_id()
         self.thread_name = thread.name
+        self.loop_caller = loop_caller(sys._getframe(1))
         if self.watch_collections is not None and self.gc_trigger is None:
             self.gc_trigger = GC_CLOCK.watch(thread.ident or 0, self.watch_collections)
         self._due = monotonic()

@@ -7,7 +7,7 @@ one reads no source file and formats nothing: that happens later, in :mod:`stack
 from __future__ import annotations
 
 import sys
-from types import CodeType
+from types import CodeType, FrameType
 from typing import NamedTuple
 
 
@@ -62,3 +62,19 @@ def split_own_frames(sample: Sample) -> tuple[Sample, tuple[RawFrame, ...]]:
     if not own:
         return sample, ()
     return Sample(frames[own:], sample.truncated), frames[:own]
+
+
+_LOOP_OWN_MODULES = ("asyncio.events", "asyncio.base_events", "asyncio.runners", "trio._core")
+
+
+def loop_caller(frame: FrameType | None) -> CodeType | None:
+    """The code of the innermost frame, from ``frame`` outwards, that is not the loop's
+    own (nor loopwatch's): the caller of ``run_until_complete`` or ``trio.run``. Called
+    from a callback of the loop; on uvloop, whose loop has no Python frames, it is what
+    a sample of the loop at rest shows innermost."""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith(_LOOP_OWN_MODULES) and not is_own(module):
+            return frame.f_code
+        frame = frame.f_back
+    return None

@@ -14,10 +14,12 @@ from typing import NamedTuple
 
 
 class SchedSnapshot(NamedTuple):
-    """A thread's scheduler counters at ``at`` (monotonic seconds)."""
+    """A thread's scheduler counters at ``at`` (monotonic seconds): time it ran or waited
+    for a CPU (``runnable``), and of that, time it waited (``queued``)."""
 
     at: float
     runnable: float
+    queued: float
 
 
 class ThreadSchedStat:
@@ -37,7 +39,8 @@ class ThreadSchedStat:
             return None
         try:
             fields = os.pread(self._fd, 128, 0).split()
-            return SchedSnapshot(monotonic(), (int(fields[0]) + int(fields[1])) / 1e9)
+            ran, queued = int(fields[0]) / 1e9, int(fields[1]) / 1e9
+            return SchedSnapshot(monotonic(), ran + queued, queued)
         except (OSError, IndexError, ValueError):
             return None
 
@@ -53,3 +56,20 @@ def runnable_share(first: SchedSnapshot, last: SchedSnapshot) -> float | None:
     if elapsed <= 0:
         return None
     return min(1.0, (last.runnable - first.runnable) / elapsed)
+
+
+_EVENT_WAITS = ("poll", "select")
+"""Kernel functions a thread sleeps in while it waits in ``epoll_wait``, ``poll`` or
+``select`` (``do_epoll_wait``, ``ep_poll``, ``do_sys_poll``, ``do_select``...)."""
+
+
+def asleep_in_event_wait(native_id: int) -> bool:
+    """Whether the thread sleeps in the kernel waiting for file-descriptor events, from
+    its wait channel (``False`` where that is unknown). A thread woken and waiting for a
+    CPU, or for the GIL, is not."""
+    try:
+        with open(f"/proc/self/task/{native_id}/wchan", "rb") as channel:
+            name = channel.read(64).decode("ascii", "replace")
+    except OSError:
+        return False
+    return any(wait in name for wait in _EVENT_WAITS)

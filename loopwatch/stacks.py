@@ -9,6 +9,7 @@ import linecache
 import os
 import sysconfig
 from collections.abc import Sequence
+from types import CodeType
 
 from .events import FrameInfo
 from .sampler import RawFrame, Sample
@@ -46,6 +47,9 @@ class CulpritFinder:
     def __init__(self, skip_modules: Sequence[str]) -> None:
         self._skip = tuple(skip_modules)
         self._verdicts: dict[tuple[str, str], int] = {}
+        self.loop_caller: CodeType | None = None
+        """The code that called into the loop (see :func:`loop_caller`), once known: on
+        uvloop it is the innermost Python frame of a loop at rest, and ran the loop."""
 
     def culprit(self, sample: Sample) -> RawFrame | None:
         """The culprit frame of ``sample``, or ``None`` if every frame is skipped.
@@ -60,7 +64,7 @@ class CulpritFinder:
         best_rank = 0
         for frame in sample.frames:
             function, module = frame.code.co_name, frame.module
-            if _drives_the_loop(function, module):
+            if _drives_the_loop(function, module) or frame.code is self.loop_caller:
                 return None if function == "_run_once" else best
             if function == "_run" and module == "asyncio.events":  # runs one callback
                 return best
@@ -70,6 +74,19 @@ class CulpritFinder:
             if rank > best_rank:
                 best, best_rank = frame, rank
         return best
+
+    def at_rest(self, sample: Sample) -> bool:
+        """Whether ``sample`` shows the loop in its own machinery, running no callback:
+        waiting in its selector for events or timers, or woken and waiting for a CPU.
+        Nothing blocks it then; a late tick is the operating system's wake-up latency."""
+        for frame in sample.frames:
+            if _drives_the_loop(frame.code.co_name, frame.module):
+                return True
+            if frame.code is self.loop_caller:
+                return True
+            if not frame.module.startswith(_LOOP_MACHINERY):
+                return False
+        return False
 
     def _rank(self, frame: RawFrame) -> int:
         """0 skipped, 1 standard library, 2 site-packages, 3 application code."""
@@ -96,6 +113,16 @@ class CulpritFinder:
 
 _LOOP_DRIVERS = frozenset({"_run_once", "run_forever", "run_until_complete", "run", "unrolled_run"})
 _LOOP_MODULES = ("asyncio.base_events", "asyncio.runners", "uvloop", "trio._core._run")
+
+
+_LOOP_MACHINERY = (
+    "selectors",
+    "asyncio.base_events",
+    "asyncio.selector_events",
+    "asyncio.unix_events",
+    "trio._core",
+)
+"""Modules of the loops' own work between callbacks (waiting for and dispatching events)."""
 
 
 def _drives_the_loop(function: str, module: str) -> bool:

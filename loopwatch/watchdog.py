@@ -15,6 +15,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from time import monotonic
 
@@ -27,7 +28,7 @@ from .busy import BusySampler, BusyWindow
 from .config import Config
 from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
-from .heartbeat import Heartbeat, Tick
+from .heartbeat import TIMER_RESOLUTION, Heartbeat, Tick
 from .inflight import (
     NOTHING_IN_FLIGHT,
     InFlight,
@@ -36,8 +37,8 @@ from .inflight import (
     requests_waiting_on,
     stalled_request,
 )
-from .sampler import split_own_frames, take_sample
-from .schedstat import SchedSnapshot, ThreadSchedStat, runnable_share
+from .sampler import Sample, split_own_frames, take_sample
+from .schedstat import SchedSnapshot, ThreadSchedStat, asleep_in_event_wait, runnable_share
 from .stacks import CulpritFinder
 from .stall import BLOCKING, CPU, GC, GIL, Stall, TakenSample
 from .suppress import is_suppressed
@@ -52,6 +53,10 @@ MIN_SCHED_WINDOW = 0.02
 
 MIN_BUSY_PERIOD = 0.005
 """The shortest time between two samples of a busy loop (see :mod:`.busy`)."""
+
+SLEEP_READINGS = 2
+"""Scheduler readings kept from before the watchdog's last sleeps (one per gap between
+ticks): one taken before a stall began is needed."""
 
 PAUSED_CHECK = 1.0
 """How often a watchdog with a dead man's switch looks at a loop that is not running
@@ -166,6 +171,9 @@ class Watchdog:
         self._numbers = itertools.count(1)
         self._schedstat: ThreadSchedStat | None = None
         self._sched_at_detection: SchedSnapshot | None = None
+        self._sched_before_sleep: deque[SchedSnapshot] = deque(maxlen=SLEEP_READINGS)
+        self._rest_seen = 0.0
+        """When a sample last showed the loop asleep in its selector (nothing held it)."""
         self._waited_for_gil = False
         # Collections of a quarter of the threshold or more are kept: a ``gc`` stall is at
         # least half collection.
@@ -177,7 +185,6 @@ class Watchdog:
                 max(config.interval, MIN_BUSY_PERIOD),
                 max(2 * MIN_BUSY_PERIOD, config.interval, config.threshold / 2),
                 self._finder,
-                lambda: heartbeat.loop_caller,
                 self._loop_thread_cpu,
                 utilization.add_blocked if utilization is not None else None,
             )
@@ -260,6 +267,7 @@ class Watchdog:
             if self._paused:
                 woke = self._wait_for_ticks()
                 return woke, woke
+            self._note_sched_before_sleep()
             window_end = busy.window_end() if busy is not None else None
             # until it trips (or a busy window that sampling left open is due to close)
             deadman.wait(None if window_end is None else max(0.0, window_end - monotonic()))
@@ -275,6 +283,17 @@ class Watchdog:
                 self._wake.clear()
             woke = monotonic()
         return woke, intended
+
+    def _note_sched_before_sleep(self) -> None:
+        """Keep the loop thread's scheduler counters, once per gap between ticks: the
+        switch may trip (early) several times in one, and a reading from before the gap
+        began must stay (see :meth:`_queued_since`)."""
+        readings, last_ran = self._sched_before_sleep, self._heartbeat.last_ran
+        if readings and last_ran is not None and readings[-1].at >= last_ran:
+            return
+        reading = self._read_schedstat()
+        if reading is not None:
+            readings.append(reading)
 
     def _wait_for_ticks(self) -> float:
         """Until the loop (re)starts ticking (its next tick wakes the thread), or for
@@ -293,7 +312,8 @@ class Watchdog:
             return monotonic() + config.interval
         if self._stall is not None:
             return self._next_sample_at
-        wake = estimated_start(last_ran, self._heartbeat.next_due) + config.threshold
+        stalled_at = estimated_start(last_ran, self._heartbeat.next_due) + config.threshold
+        wake = max(stalled_at, self._rest_seen + config.interval)
         busy = self._busy
         if busy is not None and busy.sampling:
             wake = min(wake, busy.next_sample_at)
@@ -316,7 +336,7 @@ class Watchdog:
         stall = self._stall
         if stall is None:
             start = self._tick_start(before, tick)
-            if tick.ran - start < self._config.threshold:
+            if self._held_for(start, before, tick) < self._config.threshold:
                 return
             stall = Stall(start=start, number=next(self._numbers))
             # Long enough that a running watchdog would have caught it live: it was not.
@@ -337,6 +357,39 @@ class Watchdog:
             self._stall = None  # settle it themselves (see Request.finish)
             self._inflight.open_stall = None
             self._heartbeat.watchdog_waiting = False
+
+    def _held_for(self, start: float, before: Tick, tick: Tick) -> float:
+        """How long something held the loop, of a gap between ticks that only ``tick``
+        revealed (no sample saw it held).
+
+        Not before a sample that saw the loop asleep in its selector: a loop released by
+        whatever held it finds its tick overdue and does not sleep, so what came before
+        made it no later. A gap a watchdog on time can miss (shorter than threshold +
+        tolerance) with the loop thread mostly off the CPU counts only what the tick's
+        lateness proves: the start estimate is off by up to half the interval, as long as
+        the threshold at small ones, and the loop is late by itself by up to its timers'
+        resolution (:data:`.heartbeat.TIMER_RESOLUTION`) plus the time its thread, woken
+        from the selector on a busy machine, waited for a CPU (Linux schedstat since the
+        watchdog went to sleep).
+        """
+        held = tick.ran - max(start, self._rest_seen)
+        config = self._config
+        idle = tick.thread_cpu - before.thread_cpu < 0.5 * (tick.ran - before.ran)
+        if config.threshold <= held < config.threshold + self._tolerance and idle:
+            late = tick.ran - tick.due
+            queued = self._queued_since(start)
+            held = 0.0 if queued is None else min(held, late - TIMER_RESOLUTION - queued)
+        return held
+
+    def _queued_since(self, start: float) -> float | None:
+        """How long the loop thread waited for a CPU since the watchdog went to sleep
+        before ``start`` (0 without schedstat). ``None`` if it had not yet gone to sleep
+        then: it was starting, and its own start-up held the GIL the loop waited for."""
+        if self._schedstat is not None and not self._schedstat.available:
+            return 0.0
+        before = next((r for r in reversed(self._sched_before_sleep) if r.at <= start), None)
+        now = self._read_schedstat() if before is not None else None
+        return now.queued - before.queued if before is not None and now is not None else None
 
     def _tick_start(self, before: Tick, tick: Tick) -> float:
         """The start of a stall that ``tick`` ended, from the ticks' own records."""
@@ -367,11 +420,20 @@ class Watchdog:
             if self._deadman is not None:  # woken early: make sure the switch trips in time
                 self._deadman.reset(start + self._config.threshold - now)
             return
-        stall = Stall(start=start, number=next(self._numbers), watchdog_held_off=not on_time)
-        stall.watchdog_waited_for_gil = not on_time and self._waited_for_gil
         # First the sample: reading the scheduler counters releases the GIL, and a loop
         # that held the watchdog off would run on meanwhile, away from the culprit.
-        self._sample(stall, on_time)
+        sample = self._sample_loop()
+        if sample is not None and self._finder.at_rest(sample):
+            # Late, but held by nothing: waiting for its timer or for a CPU. Look again.
+            native_id = self._heartbeat.native_thread_id
+            if native_id is not None and asleep_in_event_wait(native_id):
+                self._rest_seen = now
+            if self._deadman is not None:
+                self._deadman.reset(self._config.interval)
+            return
+        stall = Stall(start=start, number=next(self._numbers), watchdog_held_off=not on_time)
+        stall.watchdog_waited_for_gil = not on_time and self._waited_for_gil
+        self._sample(stall, on_time, sample)
         self._sched_at_detection = self._read_schedstat()
         stall.cause = stall.live_cause = self._provisional_cause(start, now, on_time)
         self._find_culprit(stall, now)
@@ -444,9 +506,7 @@ class Watchdog:
             busy.leave(now)
             heartbeat.busy_sampling = False
         elif busy.sampling and now >= busy.next_sample_at:
-            thread_id = heartbeat.thread_id
-            sample = take_sample(thread_id, self._config.max_frames) if thread_id else None
-            busy.record(now, sample)
+            busy.record(now, self._sample_loop())
             if busy.probe(now):
                 busy.leave(now)
                 heartbeat.busy_resume_at = busy.resume_at
@@ -455,16 +515,23 @@ class Watchdog:
         if window is not None:
             self._listener.on_busy_window(window)
 
-    def _sample(self, stall: Stall, on_time: bool) -> None:
-        """Sample the stalled loop; tell the requests which stall is open, and its culprit."""
-        self._take_sample(stall, on_time)
+    def _sample(self, stall: Stall, on_time: bool, sample: Sample | None = None) -> None:
+        """Sample the stalled loop (unless given the sample just taken); tell the
+        requests which stall is open, and its culprit."""
+        self._take_sample(stall, on_time, sample or self._sample_loop())
         self._inflight.open_stall = OpenStall(stall.number, stall.start, stall.request)
 
-    def _take_sample(self, stall: Stall, on_time: bool) -> None:
+    def _sample_loop(self) -> Sample | None:
+        thread_id = self._heartbeat.thread_id
+        if thread_id is None:
+            return None
+        self._finder.loop_caller = self._heartbeat.loop_caller
+        return take_sample(thread_id, self._config.max_frames)
+
+    def _take_sample(self, stall: Stall, on_time: bool, sample: Sample | None) -> None:
         thread_id = self._heartbeat.thread_id
         if thread_id is None:
             return
-        sample = take_sample(thread_id, self._config.max_frames)
         task = self._snapshot_task()
         if self._loop_moved_on():
             return  # the stall ended while we sampled: the stack no longer shows it

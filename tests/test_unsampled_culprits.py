@@ -184,12 +184,13 @@ def test_a_loop_that_moved_on_before_the_sample_names_no_culprit(
     loop tick before it samples."""
     take_sample = Watchdog._take_sample
 
-    def sample_after_a_tick(self: Watchdog, stall: Any, on_time: bool) -> None:
+    def sample_after_a_tick(self: Watchdog, stall: Any, on_time: bool, sample: Any) -> None:
         if not on_time:
             deadline = time.monotonic() + 5
             while not self._heartbeat.ticks and time.monotonic() < deadline:
                 time.sleep(0.001)
-        take_sample(self, stall, on_time)
+            sample = self._sample_loop()
+        take_sample(self, stall, on_time, sample)
 
     monkeypatch.setattr(Watchdog, "_take_sample", sample_after_a_tick)
 
