@@ -21,6 +21,7 @@ watchdog thread only.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,10 @@ LEAVE_SHARE = 0.5
 COOL_DOWN = 1.0
 """After sampling found the loop not busy, the heartbeat may not ask again for this long
 (doubled each time it happens again, up to the window; reset by a busy probe)."""
+
+FORCED_SWITCH = 0.8
+"""A watchdog that waited this share of the switch interval for the GIL or more made the
+loop thread drop it (a forced switch), rather than getting it as a Python stretch ended."""
 
 MAX_FUNCTIONS = 10
 """Functions listed in a report (``loopwatch.busy.functions``)."""
@@ -136,6 +141,7 @@ class BusySampler:
         self._last_sample = 0.0
         self._last_cpu: float | None = None
         self._previous: tuple[str, RawFrame | None] | None = None
+        self._switch_interval = sys.getswitchinterval()
         self._probe_start = 0.0
         self._probe_busy = 0.0
         self._probe_total = 0.0
@@ -162,11 +168,17 @@ class BusySampler:
         none, but the CPU time the loop thread used meanwhile is busy time all the same:
         a watchdog waiting for the GIL gets it when the loop, done with a callback, waits
         in its selector, so such a sample closes a stretch of Python code. That time goes
-        to the previous sample's function."""
+        to the previous sample's function. So does it when the sample shows another
+        function, unless the watchdog waited a whole switch interval for the GIL (the
+        loop was made to drop it in the middle of the code the sample shows): the GIL
+        came free as a Python function ended and a blocking call began, and crediting
+        that call with the CPU time before it overstated blocking calls by up to a third
+        (``bench/busy.py``)."""
         tally = self._tally
         if tally is None:
             return
         seconds = min(max(0.0, now - self._last_sample), self._longest)
+        forced = now - self.next_sample_at >= FORCED_SWITCH * self._switch_interval
         cpu, before = self._cpu_seconds(), self._last_cpu
         spent = 0.0
         if cpu is not None and before is not None:
@@ -178,7 +190,11 @@ class BusySampler:
         found = self._busy_in(sample) if sample is not None else None
         previous, self._previous = self._previous, found
         if found is not None:
-            tally.add(*found, seconds)
+            if previous is not None and previous[0] != found[0] and spent > 0 and not forced:
+                tally.add(*previous, spent)
+                tally.add(*found, seconds - spent)
+            else:
+                tally.add(*found, seconds)
         elif spent > 0:
             tally.add(*(previous or (UNATTRIBUTED, None)), spent)
             seconds = spent
