@@ -8,7 +8,7 @@ as long as the loop stays busy. Each sample shows the loop either running a call
 and timers (idle); the time since the previous sample is credited to what it shows.
 Over a window (``busy_window``), the busy seconds divided by the window give the busy
 ratio, and the busy seconds per culprit give each function's share. Time outside the
-sampling (a loop that was not late) counts as idle: the ratio never overstates.
+sampling (a loop that was not late) counts as idle.
 
 Samples are only taken while the heartbeat runs late: a healthy loop is never sampled
 and its watchdog never woken. A loop that looks busy to the heartbeat but idle to the
@@ -60,7 +60,7 @@ class BusyWindow:
 
     ``ranking`` lists ``(module.qualname, busy seconds)``, biggest first, including
     :data:`OTHER` and :data:`UNATTRIBUTED` if they occurred; ``top`` is a sampled frame
-    of the first named function."""
+    of the first one named (unless that is :data:`OTHER`)."""
 
     start: float
     end: float
@@ -100,7 +100,8 @@ class _Tally:
 
     def finish(self, end: float) -> BusyWindow:
         ranking = tuple(sorted(self.seconds.items(), key=lambda item: -item[1]))
-        top = next((self.frames[k] for k, _ in ranking if k in self.frames), None)
+        named = [key for key, _ in ranking if key != UNATTRIBUTED]
+        top = self.frames.get(named[0]) if named else None
         return BusyWindow(self.start, end, self.busy, self.samples, ranking, top)
 
 

@@ -29,7 +29,7 @@ def describe_busy(window: BusyWindow, thread: tuple[int, str]) -> BusyEvent:
         ratio=round(window.ratio, 4),
         functions=tuple(name for name, _ in culprits),
         shares=tuple(round(share, 4) for _, share in culprits),
-        culprit=frame_info(window.top) if window.top is not None and culprits else None,
+        culprit=frame_info(window.top) if window.top is not None else None,
         samples=window.samples,
         thread_id=thread[0],
         thread_name=thread[1],
