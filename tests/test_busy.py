@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from loopwatch import BusyEvent, LoopWatch
+from loopwatch.reporting.metrics import BUSY_FUNCTIONS, LoopMetrics
 
 from .conftest import Telemetry
 
@@ -108,3 +109,13 @@ def test_a_failing_on_busy_hook_is_logged_once(
     assert failures[0].levelno == logging.ERROR
     spans = [s for s in telemetry.spans.get_finished_spans() if s.name == "loop.busy"]
     assert len(spans) >= 2  # the hook's failure stops nothing
+
+
+def test_busy_time_names_at_most_twenty_functions_per_process(telemetry: Telemetry) -> None:
+    """``code.function.name`` stays bounded: the first 20 functions keep their name, later
+    ones are counted as ``other`` (a function once named keeps its label)."""
+    metrics = LoopMetrics(telemetry.meter_provider)
+    labels = [metrics.busy_label(f"app.f{i}") for i in range(BUSY_FUNCTIONS + 5)]
+    assert labels[:BUSY_FUNCTIONS] == [f"app.f{i}" for i in range(BUSY_FUNCTIONS)]
+    assert set(labels[BUSY_FUNCTIONS:]) == {"other"}
+    assert metrics.busy_label("app.f3") == "app.f3"
