@@ -25,6 +25,7 @@ from typing import Any
 
 from . import (
     accuracy,
+    busy,
     hostile,
     inserver,
     instructions,
@@ -49,6 +50,7 @@ SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "peers": peers.run,
     "trio": trio_cost.run,
     "hostile": hostile.run,
+    "busy": busy.run,
 }
 NEEDS_WRK = {"overhead", "inserver", "memory"}
 

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from . import hostile, peers_report, switching
+from . import busy, hostile, peers_report, switching
 from .accuracy import THRESHOLD, CaseResult, case_results, tolerance
 from .common import median_interval
 from .micro import IDLE_THREAD, LOOPWATCH_NO_CLOCK, PENDING_TIMER, SHAPES, TIMER_AND_THREAD
@@ -643,6 +643,8 @@ def markdown(results: Results, figures: dict[str, str]) -> list[str]:
         out += peers_report.section(results, figures)
     if "hostile" in sections:
         out += hostile.section(results["hostile"])
+    if "busy" in sections:
+        out += busy.section(results)
     return out
 
 

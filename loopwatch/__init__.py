@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .config import DEFAULT_SKIP_MODULES, ENVIRONMENT_VARIABLES
-from .events import BlockEvent, FrameInfo
+from .events import BlockEvent, BusyEvent, FrameInfo
 from .metrics_server import start_metrics_server
 from .middleware import LoopWatchMiddleware, instrument_app
 from .registry import watch
@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_SKIP_MODULES",
     "ENVIRONMENT_VARIABLES",
     "BlockEvent",
+    "BusyEvent",
     "FrameInfo",
     "LoopWatch",
     "LoopWatchMiddleware",

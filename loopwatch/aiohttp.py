@@ -21,7 +21,7 @@ from .config import resolve_config
 
 logger = logging.getLogger("loopwatch")
 
-_OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block"})
+_OBJECT_OPTIONS = frozenset({"tracer_provider", "meter_provider", "on_block", "on_busy"})
 
 
 def watch_app(app: web.Application, **options: Any) -> web.Application:

@@ -53,6 +53,9 @@ class Config:
     report_burst: int = 5
     report_per_minute: float = 6.0
     measure_utilization: bool = True
+    busy_threshold: float = 0.5
+    """Share of ``busy_window`` the loop must be busy for a ``loop.busy`` report (0: off)."""
+    busy_window: float = 10.0
 
 
 MIN_INTERVAL = 0.0005
@@ -70,6 +73,16 @@ def default_interval(threshold: float) -> float:
     below 0.5 ms the ticks only wake the loop for nothing (an idle stdlib loop sleeps in
     whole milliseconds), and 1 ms thresholds then saw a stall at every other tick."""
     return min(MAX_INTERVAL, max(MIN_INTERVAL, threshold / 20))
+
+
+BUSY_WINDOW = 10.0
+BUSY_WINDOW_THRESHOLDS = 10
+"""``busy_window`` defaults to 10 s, or to 10 x the threshold if that is longer: a busy
+window is made of many stretches of work, each shorter than the threshold."""
+
+
+def default_busy_window(threshold: float) -> float:
+    return max(BUSY_WINDOW, BUSY_WINDOW_THRESHOLDS * threshold)
 
 
 def default_dump_after(threshold: float) -> float:
@@ -169,6 +182,10 @@ _OPTIONS: dict[str, _Option] = {
     "report_burst": _Option("LOOPWATCH_REPORT_BURST", _integer, _in_range(1, 10_000, whole=True)),
     "report_per_minute": _Option("LOOPWATCH_REPORT_PER_MINUTE", _number, _in_range(0.0, 60_000.0)),
     "measure_utilization": _Option("LOOPWATCH_MEASURE_UTILIZATION", _bool, _is_bool),
+    "busy_threshold": _Option("LOOPWATCH_BUSY_THRESHOLD", _number, _in_range(0.0, 1.0)),
+    "busy_window": _Option(
+        "LOOPWATCH_BUSY_WINDOW_MS", _millis, _in_range(0.1, 86400.0, seconds=True)
+    ),
 }
 
 _OBJECTS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -181,6 +198,7 @@ _OBJECTS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "an opentelemetry.metrics.MeterProvider (e.g. the SDK's), or None for the global one",
     ),
     "on_block": (callable, "a callable taking a BlockEvent"),
+    "on_busy": (callable, "a callable taking a BusyEvent"),
 }
 """Options that are objects, not settings: checked here, kept by the watcher."""
 
@@ -197,7 +215,8 @@ def resolve_config(environ: Mapping[str, str] | None = None, **options: Any) -> 
     """Build a :class:`Config` from keyword options, the environment and the defaults.
 
     Keyword arguments win over the environment; ``None`` means "not given". The object
-    options (``tracer_provider``, ``meter_provider``, ``on_block``) are checked too,
+    options (``tracer_provider``, ``meter_provider``, ``on_block``, ``on_busy``) are
+    checked too,
     though a :class:`Config` does not hold them.
     """
     environ = os.environ if environ is None else environ
@@ -244,6 +263,14 @@ def _settle_durations(values: dict[str, Any], sources: Mapping[str, str]) -> Non
             f"{_shown(sources, 'interval', interval)} must be smaller than the threshold "
             f"({_shown(sources, 'threshold', threshold)}); leave the interval unset "
             f"for threshold / 20"
+        )
+    busy_window = values.setdefault("busy_window", default_busy_window(threshold))
+    busy_on = values.get("busy_threshold", Config.busy_threshold) > 0
+    if busy_on and busy_window < BUSY_WINDOW_THRESHOLDS * threshold:
+        raise ValueError(
+            f"{_shown(sources, 'busy_window', busy_window)} must be at least 10 x the "
+            f"threshold ({_shown(sources, 'threshold', threshold)}): a busy window is made "
+            f"of many short stretches of work, each below the threshold"
         )
     if 0 < dump_after <= threshold:
         raise ValueError(

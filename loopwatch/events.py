@@ -1,4 +1,4 @@
-"""The public record of one stall, handed to ``on_block`` hooks."""
+"""The public records of a stall (``on_block`` hooks) and of a busy window (``on_busy``)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,27 @@ class BlockEvent:
     def ongoing(self) -> bool:
         """True while the loop is still blocked."""
         return self.end is None
+
+
+@dataclass(frozen=True)
+class BusyEvent:
+    """A window in which the loop was busy for at least ``busy_threshold`` of the time,
+    with no single stall to blame: many short stretches of work add up.
+
+    ``start`` and ``end`` are Unix timestamps in seconds (the window); ``ratio`` the share
+    of it the loop was busy (running callbacks, computing or blocked in a sync call).
+    ``functions`` are the culprits, biggest first (``module.qualname``, at most 10) and
+    ``shares`` each one's share of the busy time; ``culprit`` locates the first one.
+    Handed to ``on_busy`` hooks.
+    """
+
+    start: float
+    end: float
+    duration: float
+    ratio: float
+    functions: tuple[str, ...]
+    shares: tuple[float, ...]
+    culprit: FrameInfo | None
+    samples: int
+    thread_id: int
+    thread_name: str

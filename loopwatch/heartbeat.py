@@ -76,6 +76,22 @@ in a hot loop, about 35 µs in a server under load (libc through ctypes, out of 
 caches); re-arming every quarter of the delay cost 7 µs of a 47 µs tick on average."""
 
 
+LATE_PROBE = 0.25
+LATE_TRIGGER_SHARE = 0.25
+LATE_TICKS = 3
+"""Busy sampling starts once :data:`LATE_TICKS` ticks of :data:`LATE_PROBE` seconds were
+late, beyond :func:`gil_wait`, by ``busy_threshold`` x this share of it in all (31 ms at
+the default 0.5). A late tick shows only part of the busy time before it (a loop running
+20 ms of work every 25 ms makes its ticks late by 15 ms a cycle), while a healthy loop is
+rarely late by :func:`gil_wait` at all."""
+
+HELD_BY_GIL = 2
+"""A tick later than this many switch intervals did not just wait for a GIL hand-over
+(another thread gives the GIL up after one): its loop was held by a blocking call, and
+its interval is not stretched. Stretched, a loop sleeping 20 ms in every 25 ms had its
+ticks late by only 5 ms a cycle."""
+
+
 TIMER_RESOLUTION = 0.001
 """The shortest delay the heartbeat asks its loop for. Loops time their timers in whole
 milliseconds: asked for 0.5 ms, an idle stdlib loop sleeps 1 ms in ``epoll_wait`` (so a
@@ -107,6 +123,7 @@ class Heartbeat:
         wake_watchdog: threading.Event,
         record: Callable[[Sequence[Tick]], None] | None = None,
         deadman: DeadManSwitch | None = None,
+        busy_threshold: float = 0.0,
     ) -> None:
         self.loop = loop
         self.interval = max(interval, TIMER_RESOLUTION)
@@ -122,6 +139,15 @@ class Heartbeat:
         self.gc_trigger: GcTrigger | None = None
         self.loop_caller: CodeType | None = None
         """What called into the loop (see :func:`.sampler.loop_caller`), from the first tick."""
+        self.busy_sampling = False
+        """Set here when the ticks show a busy loop, cleared by the watchdog when its
+        samples no longer do."""
+        self.busy_resume_at = 0.0
+        """Before then the ticks do not ask for busy sampling (set by the watchdog)."""
+        self._busy_trigger = busy_threshold * LATE_PROBE * LATE_TRIGGER_SHARE
+        self._late_since = -LATE_PROBE
+        self._late_sum = 0.0
+        self._late_ticks = 0
         self._wake_watchdog = wake_watchdog
         self._record = record
         self._unrecorded: list[Tick] = []
@@ -134,6 +160,7 @@ class Heartbeat:
         self._rearm_due = 0.0
         self._due = 0.0
         self._gil_wait = gil_wait(sys.getswitchinterval())
+        self._held_by_gil = HELD_BY_GIL * sys.getswitchinterval()
         self._previous_cpu = 0.0
         self._handle: asyncio.TimerHandle | TrioTimer | None = None
         self._running = False
@@ -178,6 +205,31 @@ class Heartbeat:
             self._record = None
             logger.exception("loopwatch stopped recording loop delay metrics")
 
+    def _note_late(self, now: float, late: float) -> None:
+        """A late tick: the loop was busy (or held off) for ``late`` seconds more than a
+        GIL hand-over explains. Once :data:`LATE_TICKS` ticks of the last
+        :data:`LATE_PROBE` were late by ``busy_trigger`` seconds in all, ask the watchdog
+        to sample the busy loop (see :mod:`.busy`), unless it already does or found it
+        idle lately (:attr:`busy_resume_at`). Only late ticks get here: a loop running
+        1 ms callbacks back to back, or a machine that preempts it now and then, does
+        not add up to that."""
+        if self.busy_sampling or now < self.busy_resume_at:
+            return
+        if now - self._late_since > LATE_PROBE:
+            self._late_since, self._late_sum, self._late_ticks = now - late, 0.0, 0
+        self._late_sum += late
+        self._late_ticks += 1
+        if self._late_sum < self._busy_trigger or self._late_ticks < LATE_TICKS:
+            return
+        self._late_sum, self._late_ticks = 0.0, 0
+        self.busy_sampling = True
+        if self._deadman is not None:
+            # Trip it now, and keep this tick from re-arming it (which would cancel the trip).
+            self._rearm_due = now + self._rearm_spacing
+            self._deadman.trip()
+        else:
+            self._wake_watchdog.set()
+
     def _first_tick(self) -> None:
         if not self._running:
             return
@@ -205,12 +257,14 @@ class Heartbeat:
         self.ticks.append(tick)
         interval = self.interval
         previous = self.last_ran
-        if (
-            now - self._due > self._gil_wait
-            and previous is not None
-            and cpu - self._previous_cpu < IDLE_SHARE * (now - previous)
-        ):
-            interval *= IDLE_STRETCH  # it waited for the GIL, with nothing else to do
+        late = now - self._due
+        if late > self._gil_wait and previous is not None:
+            if late < self._held_by_gil and cpu - self._previous_cpu < IDLE_SHARE * (
+                now - previous
+            ):
+                interval *= IDLE_STRETCH  # it waited for the GIL, with nothing else to do
+            if self._busy_trigger:
+                self._note_late(now, late - self._gil_wait)
         self._previous_cpu = cpu
         self.last_ran = now
         if self.watchdog_waiting:

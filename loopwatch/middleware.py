@@ -23,7 +23,7 @@ from . import registry
 from .config import resolve_config
 from .inflight import REQUEST_KEY, InflightRequests, OpenStall, Request
 from .metrics_server import requested_server, start_metrics_server
-from .reporting.reporter import BlockHook
+from .reporting.reporter import BlockHook, BusyHook
 from .task_context import OTEL_CONTEXT_VARIABLE, OTEL_SPAN_KEY
 from .trio_loop import TrioLoop
 from .watcher import LoopWatch, WatchedLoop, find_running_loop
@@ -62,6 +62,9 @@ class LoopWatchMiddleware:
         report_burst: int | None = None,
         report_per_minute: float | None = None,
         measure_utilization: bool | None = None,
+        busy_threshold: float | None = None,
+        busy_window: float | None = None,
+        on_busy: BusyHook | None = None,
         metrics_port: int | str | None = None,
         metrics_addr: str | None = None,
     ) -> None:
@@ -80,6 +83,9 @@ class LoopWatchMiddleware:
             "report_burst": report_burst,
             "report_per_minute": report_per_minute,
             "measure_utilization": measure_utilization,
+            "busy_threshold": busy_threshold,
+            "busy_window": busy_window,
+            "on_busy": on_busy,
         }
         self._enabled = resolve_config(**self._options).enabled
         self._metrics_server = requested_server(metrics_port, metrics_addr)

@@ -4,8 +4,11 @@ Each tick records the loop thread's CPU time. Between two ticks, the CPU time th
 thread used is time it spent running callbacks; the rest of the wall time it waited for
 events. Stalls spent waiting on the loop thread (``blocking``: a sleep or blocking I/O
 in a callback) are busy time that used no CPU, so their duration is added when they
-end. Nothing is measured per callback or per loop iteration, and it works the same on
-every loop. A loop thread starved of CPU by other processes looks less busy than it is.
+end; so is the busy time a sampled busy loop (see :mod:`.busy`) spent off the CPU
+(blocking calls shorter than the threshold). Shorter blocking calls on a loop not busy
+enough to be sampled are not counted. Nothing is measured per callback or per loop
+iteration, and it works the same on every loop. A loop thread starved of CPU by other
+processes looks less busy than it is.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class UtilizationClock:
         self.active, self.idle = active, wall - active
 
     def add_blocked(self, seconds: float) -> None:
-        """A stall that kept the loop busy without using its CPU (cause ``blocking``)."""
+        """Busy time that used no CPU: a ``blocking`` stall, or blocking calls of a busy loop."""
         self._blocked += seconds
 
     def totals(self) -> tuple[float, float]:

@@ -23,6 +23,7 @@ try:
 except ImportError:  # pragma: no cover - not on Windows
     resource = None  # type: ignore[assignment]
 
+from .busy import BusySampler, BusyWindow
 from .config import Config
 from .deadman import DeadManSwitch
 from .gc_clock import GC_CLOCK
@@ -46,6 +47,9 @@ logger = logging.getLogger("loopwatch")
 
 MIN_SCHED_WINDOW = 0.02
 """Shortest window over which the loop thread's scheduler counters are trusted."""
+
+MIN_BUSY_PERIOD = 0.005
+"""The shortest time between two samples of a busy loop (see :mod:`.busy`)."""
 
 PAUSED_CHECK = 1.0
 """How often a watchdog with a dead man's switch looks at a loop that is not running
@@ -118,6 +122,9 @@ class StallListener:
     def on_stall_ended(self, stall: Stall, before: Tick, after: Tick) -> None:
         """A stall is over; ``before`` and ``after`` are the ticks around it."""
 
+    def on_busy_window(self, window: BusyWindow) -> None:
+        """A busy window is over (busy or not: its busy time is counted either way)."""
+
 
 class Watchdog:
     """One thread per watched loop. ``on_exit`` is called (from the thread) if it ends on its
@@ -162,6 +169,19 @@ class Watchdog:
         # Collections of a quarter of the threshold or more are kept: a ``gc`` stall is at
         # least half collection.
         heartbeat.watch_collections = config.threshold / 4
+        self._busy = (
+            BusySampler(
+                config.busy_window,
+                config.busy_threshold,
+                max(config.interval, MIN_BUSY_PERIOD),
+                max(2 * MIN_BUSY_PERIOD, config.interval, config.threshold / 2),
+                self._finder,
+                self._loop_thread_cpu,
+                utilization.add_blocked if utilization is not None else None,
+            )
+            if config.busy_threshold > 0
+            else None
+        )
 
     @property
     def ongoing_stall_seconds(self) -> float:
@@ -196,6 +216,8 @@ class Watchdog:
                     self._held_off_until = woke
                 self._process_ticks()
                 self._check(woke, on_time)
+                if self._busy is not None and self._stall is None:
+                    self._busy_step(self._busy, woke)
             self._process_ticks()  # a stall that ended just before stop() is still reported
         except BaseException as exc:  # the watchdog must never take the app down
             error = exc
@@ -231,11 +253,14 @@ class Watchdog:
     def _sleep(self) -> tuple[float, float]:
         """Sleep (see :meth:`_wait`); when it woke, and when it meant to."""
         deadman = self._deadman
-        if deadman is not None and self._stall is None:
+        busy = self._busy
+        if deadman is not None and self._stall is None and not (busy and busy.sampling):
             if self._paused:
                 woke = self._wait_for_ticks()
                 return woke, woke
-            deadman.wait(None)  # returns only when it trips
+            window_end = busy.window_end() if busy is not None else None
+            # until it trips (or a busy window that sampling left open is due to close)
+            deadman.wait(None if window_end is None else max(0.0, window_end - monotonic()))
             woke = monotonic()
             intended = self._next_wake()  # when it tripped, or later if ticked since
         else:
@@ -267,7 +292,11 @@ class Watchdog:
         if self._stall is not None:
             return self._next_sample_at
         stalled_at = estimated_start(last_ran, self._heartbeat.next_due) + config.threshold
-        return max(stalled_at, self._rest_seen + config.interval)
+        wake = max(stalled_at, self._rest_seen + config.interval)
+        busy = self._busy
+        if busy is not None and busy.sampling:
+            wake = min(wake, busy.next_sample_at)
+        return wake
 
     def _process_ticks(self) -> None:
         ticks = self._heartbeat.ticks
@@ -415,18 +444,44 @@ class Watchdog:
         gets the GIL in the callback that ends it), else for a held-off watchdog ``gil``,
         else the loop thread's CPU share since its last tick (a clock read that keeps the
         GIL)."""
-        tick, thread_id = self._last_tick, self._heartbeat.thread_id
+        tick = self._last_tick
         if tick is not None and GC_CLOCK.total_at(now) - tick.gc_total >= 0.5 * (now - start):
             return GC
         if not on_time:
             return GIL
-        if tick is None or thread_id is None or not hasattr(time, "pthread_getcpuclockid"):
-            return CPU
-        try:
-            cpu = time.clock_gettime(time.pthread_getcpuclockid(thread_id))
-        except OSError:
+        cpu = self._loop_thread_cpu() if tick is not None else None
+        if tick is None or cpu is None:
             return CPU
         return CPU if cpu - tick.thread_cpu >= 0.5 * (now - tick.ran) else BLOCKING
+
+    def _loop_thread_cpu(self) -> float | None:
+        """The loop thread's CPU time (a clock read that keeps the GIL), if it can be read."""
+        thread_id = self._heartbeat.thread_id
+        if thread_id is None or not hasattr(time, "pthread_getcpuclockid"):
+            return None
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread_id))
+        except OSError:
+            return None
+
+    def _busy_step(self, busy: BusySampler, now: float) -> None:
+        """Sample a busy loop (sampling starts when the heartbeat asks, and stops when the
+        samples no longer show it busy); report each window as it closes."""
+        heartbeat = self._heartbeat
+        if not busy.sampling and heartbeat.busy_sampling and not self._paused:
+            busy.enter(now)
+        if busy.sampling and self._paused:  # the loop stopped: nothing to sample
+            busy.leave(now)
+            heartbeat.busy_sampling = False
+        elif busy.sampling and now >= busy.next_sample_at:
+            busy.record(now, self._sample_loop())
+            if busy.probe(now):
+                busy.leave(now)
+                heartbeat.busy_resume_at = busy.resume_at
+                heartbeat.busy_sampling = False
+        window = busy.close_window(now)
+        if window is not None:
+            self._listener.on_busy_window(window)
 
     def _sample(self, stall: Stall, on_time: bool, sample: Sample | None = None) -> None:
         """Sample the stalled loop (unless given the sample just taken); tell the

@@ -19,7 +19,7 @@ from .heartbeat import Heartbeat
 from .inflight import InflightRequests
 from .reporting import worker
 from .reporting.metrics import LoopGauges, metrics_for
-from .reporting.reporter import BlockHook, Reporter
+from .reporting.reporter import BlockHook, BusyHook, Reporter
 from .trio_loop import TrioLoop, current_trio_loop
 from .utilization import UtilizationClock
 from .watchdog import Watchdog, detection_delay
@@ -60,6 +60,9 @@ class LoopWatch:
         report_burst: int | None = None,
         report_per_minute: float | None = None,
         measure_utilization: bool | None = None,
+        busy_threshold: float | None = None,
+        busy_window: float | None = None,
+        on_busy: BusyHook | None = None,
     ) -> None:
         self.config: Config = resolve_config(
             tracer_provider=tracer_provider,
@@ -75,11 +78,15 @@ class LoopWatch:
             report_burst=report_burst,
             report_per_minute=report_per_minute,
             measure_utilization=measure_utilization,
+            busy_threshold=busy_threshold,
+            busy_window=busy_window,
+            on_busy=on_busy,
         )
         self.inflight = InflightRequests()
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._on_block = on_block
+        self._on_busy = on_busy
         self._lock = threading.Lock()
         self._loop: WatchedLoop | None = None
         self._parts: _Running | None = None
@@ -213,6 +220,7 @@ class _Running:
                 wake,
                 self.gauges.record_ticks,
                 self.deadman,
+                config.busy_threshold,
             )
             self.reporter = Reporter(
                 config,
@@ -220,6 +228,7 @@ class _Running:
                 self.metrics,
                 owner._tracer_provider,
                 owner._on_block,
+                owner._on_busy,
             )
             undo.callback(self.reporter.close)
             self.watchdog = Watchdog(

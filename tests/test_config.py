@@ -80,6 +80,19 @@ def test_keyword_arguments_win_over_the_environment() -> None:
         ({}, {"threshold": True}, "threshold=True is not a number"),
         ({}, {"enabled": 1}, "enabled=1 is not a boolean"),
         ({}, {"measure_utilization": "no"}, "measure_utilization='no' is not a boolean"),
+        ({}, {"busy_threshold": 1.5}, "busy_threshold=1.5 is out of range; accepted: 0 to 1"),
+        ({}, {"busy_threshold": "half"}, "busy_threshold='half' is not a number"),
+        (
+            {"LOOPWATCH_BUSY_THRESHOLD": "50%"},
+            {},
+            "LOOPWATCH_BUSY_THRESHOLD='50%' is not a number",
+        ),
+        (
+            {"LOOPWATCH_BUSY_WINDOW_MS": "-1"},
+            {},
+            "LOOPWATCH_BUSY_WINDOW_MS=-1 is out of range; accepted: 100 to 8.64e+07 ms",
+        ),
+        ({}, {"busy_window": 0}, "busy_window=0 is out of range; accepted: 0.1 to 86400 s"),
         ({}, {"threshold": float("nan")}, "threshold=nan is out of range"),
         ({}, {"skip_modules": 5}, "skip_modules=5 must be a sequence of module names"),
         ({}, {"skip_modules": ["my lib"]}, "skip_modules=('my lib',) must be a sequence"),
@@ -102,6 +115,18 @@ def test_a_derived_interval_stays_in_its_range() -> None:
     """threshold / 20, clamped to 0.5 ms - 60 s (1 ms used to give 50 us)."""
     assert resolve_config({}, threshold=0.001).interval == 0.0005
     assert resolve_config({}, threshold=3600).interval == 60.0
+
+
+def test_busy_options() -> None:
+    """Busy detection is on by default (half of a 10 s window); 0 turns it off, and a
+    window too short for its threshold is accepted when busy detection is off."""
+    config = resolve_config({})
+    assert (config.busy_threshold, config.busy_window) == (0.5, 10.0)
+    config = resolve_config({"LOOPWATCH_BUSY_THRESHOLD": "0.8", "LOOPWATCH_BUSY_WINDOW_MS": "2000"})
+    assert (config.busy_threshold, config.busy_window) == (0.8, 2.0)
+    assert resolve_config({"LOOPWATCH_BUSY_THRESHOLD": "0"}).busy_threshold == 0
+    assert resolve_config({}, busy_threshold=0, busy_window=0.5).busy_window == 0.5
+    assert resolve_config({}, threshold=5).busy_window == 50  # follows a long threshold
 
 
 def test_dump_after_follows_a_long_threshold() -> None:
@@ -131,6 +156,17 @@ def test_dump_after_follows_a_long_threshold() -> None:
             {"threshold": 0.004, "interval": 0.005},
             "interval=0.005 must be smaller than the threshold (threshold=0.004)",
         ),
+        (
+            {"LOOPWATCH_BUSY_WINDOW_MS": "500"},
+            {},
+            "LOOPWATCH_BUSY_WINDOW_MS=500 must be at least 10 x the threshold "
+            "(default threshold 0.1 s)",
+        ),
+        (
+            {},
+            {"threshold": 1, "busy_window": 5},
+            "busy_window=5 must be at least 10 x the threshold (threshold=1)",
+        ),
     ],
 )
 def test_a_combination_error_names_only_what_was_set(
@@ -140,7 +176,7 @@ def test_a_combination_error_names_only_what_was_set(
         resolve_config(environ, **options)
 
 
-@pytest.mark.parametrize("option", ["tracer_provider", "meter_provider", "on_block"])
+@pytest.mark.parametrize("option", ["tracer_provider", "meter_provider", "on_block", "on_busy"])
 def test_objects_of_the_wrong_kind_are_rejected_at_construction(option: str) -> None:
     with pytest.raises(TypeError, match=f"^{option}=5 must be"):
         loopwatch.LoopWatch(**{option: 5})  # type: ignore[arg-type]

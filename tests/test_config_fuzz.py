@@ -63,6 +63,8 @@ _OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "report_per_minute": _option(st.floats(0, 100)),
     "enabled": _option(st.booleans()),
     "measure_utilization": _option(st.booleans()),
+    "busy_threshold": _option(st.one_of(st.just(0), st.floats(0, 1))),
+    "busy_window": _option(st.floats(0.1, 100)),
     "tracer_provider": _option(
         st.sampled_from([trace.NoOpTracerProvider()] * 7 + [metrics.NoOpMeterProvider()])
     ),
@@ -70,6 +72,7 @@ _OPTIONS: dict[str, st.SearchStrategy[Any]] = {
         st.sampled_from([metrics.NoOpMeterProvider()] * 7 + [trace.NoOpTracerProvider()])
     ),
     "on_block": _option(st.just("record"), st.sampled_from([42, "print"]), unset=1),
+    "on_busy": _option(st.just(print), st.sampled_from([42, "print"])),
 }
 
 _ENV_TEXT = st.one_of(
@@ -109,6 +112,8 @@ def _only(**given: Any) -> dict[str, Any]:
 @example(_only(threshold=60), {})
 @example(_only(), {"LOOPWATCH_THRESHOLD_MS": "40000"})
 @example(_only(threshold=0.001), {})
+@example(_only(threshold=0.01, busy_window=0.1, busy_threshold=0.01), {})
+@example(_only(threshold=20, busy_window=100), {})
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(options=st.fixed_dictionaries(_OPTIONS), environ=_ENVIRON)
 def test_every_configuration_is_rejected_at_construction_or_works(

@@ -1001,7 +1001,8 @@ def _all_expressions(alert_rules: list[Any], dashboard: dict[str, Any]) -> list[
 
 
 def test_required_alerts(alert_rules: list[Any]) -> None:
-    """The p99-delay (100 ms for 1 minute) and stalled-now (> 5 s) alerts exist."""
+    """The p99-delay (100 ms for 1 minute), stalled-now (> 5 s) and busy (> 50 % for 5
+    minutes) alerts exist."""
 
     def squash(s: str) -> str:
         return re.sub(r"\s+", "", s)
@@ -1021,6 +1022,14 @@ def test_required_alerts(alert_rules: list[Any]) -> None:
         if re.search(r"asyncio_eventloop_block_ongoing_seconds\)?\s*>\s*5\s*$", r["expr"])
     ]
     assert stalled, "need an alert on asyncio_eventloop_block_ongoing_seconds > 5"
+    busy = [
+        r
+        for r in alert_rules
+        if "rate(asyncio_eventloop_busy_time_seconds_total[" in squash(r["expr"])
+        and re.search(r">\s*0\.5\s*$", r["expr"])
+    ]
+    assert busy, "need an alert on rate(asyncio_eventloop_busy_time_seconds_total) > 0.5"
+    assert busy[0].get("for") == "5m", f"{busy[0]['alert']}: want `for: 5m`"
     for rule in alert_rules:
         if "alert" in rule:
             assert rule.get("annotations", {}).get("summary"), f"{rule['alert']}: no summary"
@@ -1083,7 +1092,7 @@ def test_dashboard_contents(
     dashboard: dict[str, Any], deployments: dict[str, Manifest], skaffold: dict[str, Any]
 ) -> None:
     """Delay p50/p99/max, stalls per minute by route and cause, time stalled,
-    utilization, and links to the apps' loop.blocked traces in Jaeger."""
+    utilization, busy time by function, and links to the apps' loop.blocked traces in Jaeger."""
     exprs = " ".join(re.sub(r"\s+", "", e) for _, e in dashboard_expressions(dashboard))
     for needle in (
         "histogram_quantile(0.5,",
@@ -1092,8 +1101,17 @@ def test_dashboard_contents(
         "asyncio_eventloop_block_duration_seconds_count",
         "asyncio_eventloop_block_duration_seconds_sum",
         "asyncio_eventloop_utilization",
+        "asyncio_eventloop_busy_time_seconds_total",
     ):
         assert needle in exprs, f"dashboard has no query with {needle}"
+    busy = [
+        e
+        for _, e in dashboard_expressions(dashboard)
+        if "asyncio_eventloop_busy_time_seconds_total" in e
+    ]
+    assert any("code_function_name" in promql_refs(e).labels for e in busy), (
+        "busy time must be shown by code_function_name"
+    )
     stalls = [
         e
         for _, e in dashboard_expressions(dashboard)

@@ -1,6 +1,6 @@
 """At the smallest threshold (1 ms), a loop that only waits reports no stall: its timers'
 resolution (whole milliseconds) and its thread's wake-ups on a busy machine are lag the
-loop makes by itself. A call that holds it for a few milliseconds is still a stall."""
+loop makes by itself. A call that holds it for tens of milliseconds is still a stall."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ THRESHOLD = 0.001
 IDLE_SECONDS = 3.0
 
 
-def sleep_5_ms() -> None:
-    time.sleep(0.005)
+def sleep_30_ms() -> None:
+    time.sleep(0.03)
 
 
 async def watched(telemetry: Telemetry, body: Callable[[], Awaitable[None]]) -> list[BlockEvent]:
@@ -50,16 +50,19 @@ def test_an_idle_loop_reports_no_stall_at_a_1_ms_threshold(
     assert [event.culprit for event in events if event.culprit] == []
 
 
-def test_a_5_ms_call_is_a_stall_at_a_1_ms_threshold(
+def test_a_30_ms_call_is_a_stall_at_a_1_ms_threshold(
     run: Run[list[BlockEvent]], telemetry: Telemetry
 ) -> None:
     async def sleep_now_and_then() -> None:
         for _ in range(5):
             await asyncio.sleep(0.05)
-            sleep_5_ms()
+            sleep_30_ms()
         await asyncio.sleep(0.05)
 
     events = run(lambda: watched(telemetry, sleep_now_and_then))
-    named = [e for e in events if e.culprit and e.culprit.function.endswith(".sleep_5_ms")]
-    assert len(named) >= 3, f"{len(named)} of 5 calls named: {events}"
-    assert all(event.duration >= 0.004 for event in named), named
+    """Longer than threshold + tolerance (21 ms), so reported even by a watchdog the
+    machine held off; a watchdog on time samples it and names it."""
+    reported = [event for event in events if event.duration >= 0.025]
+    assert len(reported) >= 5, f"{len(reported)} of 5 calls reported: {events}"
+    named = [e for e in reported if e.culprit and e.culprit.function.endswith(".sleep_30_ms")]
+    assert len(named) >= 3, f"{len(named)} of 5 calls named: {reported}"

@@ -24,6 +24,11 @@ DELAY_BUCKETS = (
 )  # fmt: skip
 BLOCK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
+BUSY_FUNCTIONS = 20
+"""Functions that get a ``code.function.name`` of their own on ``asyncio.eventloop.busy.time``
+(per meter provider, so per process): the first ones ranked at the top of a busy window;
+the rest are counted as ``other``, so the metric's cardinality stays bounded."""
+
 
 class LoopGauges:
     """The per-loop metrics state: :meth:`record_ticks` runs on the loop thread for each
@@ -97,6 +102,16 @@ class LoopMetrics:
             description="Duration of each stall of the event loop at or above the threshold.",
             explicit_bucket_boundaries_advisory=BLOCK_BUCKETS,
         )
+        self.busy_time = meter.create_counter(
+            "asyncio.eventloop.busy.time",
+            unit="s",
+            description="Time the loop was found busy (running callbacks, computing or "
+            "blocked in a sync call) while it was sampled as busy, by code.function.name "
+            f"(the top {BUSY_FUNCTIONS} functions per process, the rest as other), "
+            "all loops of the process together.",
+        )
+        self._busy_names: set[str] = set()
+        self._busy_lock = threading.Lock()
         self.reports_dropped = meter.create_counter(
             "loopwatch.reports.dropped",
             unit="{report}",
@@ -127,6 +142,16 @@ class LoopMetrics:
             unit="s",
             description="Time the loop spent active (running callbacks) and idle (waiting).",
         )
+
+    def busy_label(self, function: str) -> str:
+        """``function`` if it has (or may still get) a label of its own, else ``other``."""
+        with self._busy_lock:
+            if function in self._busy_names:
+                return function
+            if len(self._busy_names) < BUSY_FUNCTIONS:
+                self._busy_names.add(function)
+                return function
+        return "other"
 
     def add_loop(self, gauges: LoopGauges) -> None:
         self._loops.add(gauges)

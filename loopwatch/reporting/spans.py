@@ -1,4 +1,5 @@
-"""The back-dated ``loop.blocked`` span, created and ended on the spans channel."""
+"""The back-dated ``loop.blocked`` and ``loop.busy`` spans, created and ended on the spans
+channel."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from opentelemetry import trace
 
 from .._version import __version__
 from ..config import Config
+from ..events import BusyEvent
 from ..ratelimit import RateLimiter
 from ..timebase import epoch_ns
+from .busy import busy_attributes, rate_key
 from .describe import StallReport
 
 MAX_LINKS = 32
@@ -77,6 +80,25 @@ class SpanReporter:
         if not allowed:
             return
         dropped, self._lost = limited + self._lost, 0
+        if dropped:
+            span.set_attribute("loopwatch.reports.dropped", dropped)
+        span.end(end_time=epoch_ns(end))
+
+    def emit_busy(self, event: BusyEvent, start: float, end: float) -> None:
+        """A root ``loop.busy`` span covering a busy window (monotonic ``start``/``end``),
+        rate-limited per top function like stalls."""
+        span = self._tracer.start_span(
+            "loop.busy",
+            context=otel_context.Context(),
+            kind=trace.SpanKind.INTERNAL,
+            attributes=busy_attributes(event, self._config),
+            start_time=epoch_ns(start),
+        )
+        if not span.is_recording():
+            return
+        allowed, dropped = self._limiter.allow(rate_key(event))
+        if not allowed:
+            return
         if dropped:
             span.set_attribute("loopwatch.reports.dropped", dropped)
         span.end(end_time=epoch_ns(end))
