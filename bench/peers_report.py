@@ -127,7 +127,7 @@ def request_rows(data: dict[str, Any]) -> list[str]:
     out = ["| middleware | instructions per request | added | runs |", "|---|---|---|---|"]
     for name, runs in row["runs"].items():
         extra = row[name] - bare
-        added = "—" if name == "bare" else f"{extra:+,.0f} ({extra / bare:+.2%})"
+        added = "—" if name == "bare" else f"{extra:+,.0f} ({extra / bare * 100:+.2f} %)"
         counts = ", ".join(f"{count:,.0f}" for count in runs)
         label = "none (bare app)" if name == "bare" else name
         out.append(f"| {label} | {row[name]:,.0f} | {added} | {counts} |")
@@ -244,7 +244,7 @@ def section(results: Results, figures: dict[str, str]) -> list[str]:
             "way, medians (each run's figure is listed). Both tools' clocks (loopwatch's "
             "heartbeat, loopguard's 10 ms sentinel) are slowed by valgrind's measured "
             f"slowdown ({row['valgrind_slowdown']}x here), so they tick as often per request "
-            "as at full speed.",
+            "as at full speed." + (f" Measured {row['measured']}." if "measured" in row else ""),
             "",
             *requests,
         ]
