@@ -11,7 +11,9 @@ after; the duration error; the cause it gives.
 
 Overhead: ``python -m bench.peers switches TOOL N`` runs 100 tasks that each switch ``N``
 times (``await asyncio.sleep(0)``) with the tool on, under ``valgrind --tool=cachegrind``;
-two run lengths cancel start-up and shutdown out, as in :mod:`bench.instructions`.
+two run lengths cancel start-up and shutdown out, as in :mod:`bench.instructions`. The
+tools that are ASGI middleware are also counted per request, as :mod:`bench.guard`
+counts loopwatch's.
 """
 
 from __future__ import annotations
@@ -237,6 +239,21 @@ async def _loopguard(tool: Tool) -> AsyncIterator[None]:
         await monitor.stop()
 
 
+def add_loopguard(app: Any) -> None:
+    """``LoopGuardMiddleware`` on a FastAPI app, in its production mode (``"log"``: no
+    headers, no 503), its sentinel's clock slowed by :data:`TIME_SCALE` (see
+    :mod:`bench.guard`, which counts its instructions per request)."""
+    from fastapi_loopguard import LoopGuardConfig, LoopGuardMiddleware
+
+    defaults = LoopGuardConfig()
+    config = LoopGuardConfig(
+        enforcement_mode="log",
+        monitor_interval_ms=defaults.monitor_interval_ms * TIME_SCALE,
+        fallback_threshold_ms=defaults.fallback_threshold_ms * TIME_SCALE,
+    )
+    app.add_middleware(LoopGuardMiddleware, config=config)
+
+
 @contextlib.asynccontextmanager
 async def _aiodebug(tool: Tool) -> AsyncIterator[None]:
     from aiodebug import log_slow_callbacks
@@ -454,6 +471,21 @@ def per_switch(tool_name: str) -> dict[str, Any]:
             "per_switch": (long - short) / (TASKS * (LONG - SHORT))}  # fmt: skip
 
 
+ASGI_MIDDLEWARES = ("loopwatch", "fastapi-loopguard")
+"""The tools that come as ASGI middleware: their cost per request is counted too."""
+
+
+def per_request() -> dict[str, Any]:
+    """Instructions per in-process request of the FastAPI hello app, bare and with each
+    of :data:`ASGI_MIDDLEWARES`, counted as the performance guard counts loopwatch's
+    (:mod:`bench.guard`: medians of its runs, clocks stretched by the measured slowdown)."""
+    from . import guard
+
+    workload = guard.Workload("request", ["requests"], guard.REQUESTS, guard.RUNS)
+    [row] = guard.measure([workload], ASGI_MIDDLEWARES)
+    return {**row, "requests": guard.REQUESTS}
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -480,14 +512,16 @@ def run(quick: bool) -> dict[str, Any]:
             print(f"  peers: {tool_name} on {loop_name}", flush=True)
             runs.append(_corpus_run(tool_name, loop_name))
     overhead: list[dict[str, Any]] = []
+    requests: dict[str, Any] = {}
     if not quick and instructions.available():
         with ThreadPoolExecutor(2) as pool:  # instruction counts do not depend on load
             overhead = list(pool.map(per_switch, TOOLS))
+        requests = per_request()
     return {
         "threshold": THRESHOLD, "nominal": NOMINAL, "versions": _versions(),
         "patterns": {p.name: p.description for p in CORPUS},
         "runs": runs, "switches": {"tasks": TASKS, "short": SHORT, "long": LONG},
-        "overhead": overhead,
+        "overhead": overhead, "requests": requests,
     }  # fmt: skip
 
 

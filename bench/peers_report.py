@@ -118,6 +118,22 @@ def overhead_rows(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def request_rows(data: dict[str, Any]) -> list[str]:
+    """Instructions per request of the ASGI middlewares, against the bare app."""
+    row = data.get("requests")
+    if not row:
+        return []
+    bare = row["bare"]
+    out = ["| middleware | instructions per request | added | runs |", "|---|---|---|---|"]
+    for name, runs in row["runs"].items():
+        extra = row[name] - bare
+        added = "—" if name == "bare" else f"{extra:+,.0f} ({extra / bare * 100:+.2f} %)"
+        counts = ", ".join(f"{count:,.0f}" for count in runs)
+        label = "none (bare app)" if name == "bare" else name
+        out.append(f"| {label} | {row[name]:,.0f} | {added} | {counts} |")
+    return out
+
+
 def plot(results: Results, path: Path, finish: Callable[..., None]) -> None:
     """Detection counts per tool (asyncio loop) and instructions added per switch."""
     data = results["peers"]
@@ -209,6 +225,28 @@ def section(results: Results, figures: dict[str, str]) -> list[str]:
             "loopwatch without valgrind is in the switching section above.",
             "",
             *overhead,
+        ]
+    requests = request_rows(data)
+    if requests:
+        row = data["requests"]
+        short, long = row["requests"]
+        out += [
+            "",
+            "### Cost per request of the ASGI middlewares, in instructions",
+            "",
+            "The FastAPI hello app of the performance guard (`python -m bench.guard`), called "
+            "directly as an ASGI app (no server, no socket; lifespan started), bare and with "
+            "each tool that comes as ASGI middleware: loopwatch's `LoopWatchMiddleware` "
+            "(untraced) and fastapi-loopguard's `LoopGuardMiddleware` in its production mode "
+            f'(`enforcement_mode="log"`). {short:,} and then {long:,} requests in two '
+            "fresh processes under `valgrind --tool=cachegrind`, the difference divided by "
+            f"the {long - short:,} extra requests; {len(row['runs']['bare'])} such pairs each "
+            "way, medians (each run's figure is listed). Both tools' clocks (loopwatch's "
+            "heartbeat, loopguard's 10 ms sentinel) are slowed by valgrind's measured "
+            f"slowdown ({row['valgrind_slowdown']}x here), so they tick as often per request "
+            "as at full speed." + (f" Measured {row['measured']}." if "measured" in row else ""),
+            "",
+            *requests,
         ]
     out += ["", "### What each peer does that loopwatch does not", ""]
     out += [f"- **{name}**: {text}" for name, text in NOTES.items()]

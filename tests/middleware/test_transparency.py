@@ -10,10 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from asgiref.compatibility import is_double_callable
+from fastapi import FastAPI
+from hypercorn.utils import is_asgi
+from starlette._utils import is_async_callable
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from loopwatch import registry
+from loopwatch import LoopWatchMiddleware, registry
 
 from .apps.inprocess import Probe, Providers, build_fastapi
 from .apps.recorder import Recorder
@@ -154,3 +159,16 @@ def test_exception_propagates_the_same_way(loop_name: str) -> None:
     assert observed.client[2] == b"Internal Server Error"
     assert observed.client[3] == 200
     assert observed.errors == ["RuntimeError: handler failed on purpose"]
+
+
+def test_servers_take_it_for_an_asgi3_app() -> None:
+    """``__call__`` is a plain function (untraced requests get the app's own awaitable):
+    servers still tell the middleware for an ASGI 3 app, on every supported Python
+    (uvicorn and asgiref test with asyncio, hypercorn with inspect)."""
+    app = LoopWatchMiddleware(FastAPI())
+    config = uvicorn.Config(app)
+    config.load()
+    assert config.interface == "asgi3"
+    assert is_asgi(app)
+    assert not is_double_callable(app)
+    assert is_async_callable(app)
