@@ -15,8 +15,10 @@ stall in the test's properties). It fails when:
 - a test fails for another reason, passes without loopwatch, and fails with it again
   (a failure loopwatch added that is not a stall).
 
-Usage: .venv/bin/python .ci/anyio_suite.py [--from-report]  (from the repository root;
---from-report checks the last run's JUnit XML again instead of running the suite)
+Usage: .venv/bin/python .ci/anyio_suite.py [--from-report | --install-only | --installed]
+(from the repository root; --from-report checks the last run's JUnit XML again instead of
+running the suite; --install-only sets up .venv-anyio and stops, --installed skips that:
+CI installs early, alongside other stages)
 """
 
 from __future__ import annotations
@@ -163,7 +165,11 @@ def names_loopwatch(frame: object) -> bool:
 
 def main() -> int:
     tree = fetch_sdist()
-    python = install(tree)
+    python = VENV / "bin" / "python"
+    if "--installed" not in sys.argv[1:] or not python.exists():
+        python = install(tree)
+    if "--install-only" in sys.argv[1:]:
+        return 0
     report = CACHE / "anyio-loopwatch.xml"
     if "--from-report" not in sys.argv[1:]:  # else check the last run's report again
         rc = run_suite(python, tree, report, "--loopwatch")

@@ -1,6 +1,8 @@
 """Run Starlette's and FastAPI's own test suites plain and with loopwatch injected.
 
     python3 .ci/suites/run.py [SUITE ...]     # default: every suite in suites.toml
+    python3 .ci/suites/run.py --install-only  # only set up .venv-suites (CI does it early)
+    python3 .ci/suites/run.py --installed     # run without installing again
 
 For each suite pinned in ``suites.toml`` it downloads the sdist from PyPI (the tests ship
 in it), installs the suite with its declared test dependency groups and loopwatch from this
@@ -53,11 +55,20 @@ class Run:
 
 def main(argv: list[str]) -> int:
     suites = tomllib.loads((HERE / "suites.toml").read_text())
-    names = argv or list(suites)
+    flags = {arg for arg in argv if arg.startswith("--")}
+    if flags - {"--install-only", "--installed"}:
+        sys.exit(f"unknown option(s) {sorted(flags)}; see the usage in {__file__}")
+    names = [arg for arg in argv if arg not in flags] or list(suites)
     unknown = [name for name in names if name not in suites]
     if unknown:
         sys.exit(f"unknown suite(s) {unknown}; suites.toml has {list(suites)}")
-    sources = install({name: suites[name] for name in names})
+    chosen = {name: suites[name] for name in names}
+    if "--installed" in flags and PYTHON.exists():
+        sources = {name: unpack(download(name, suite["version"])) for name, suite in chosen.items()}
+    else:
+        sources = install(chosen)
+    if "--install-only" in flags:
+        return 0
     problems, rows = [], []
     for name in names:
         plain = run_suite(name, suites[name], sources[name], inject=False)

@@ -267,7 +267,7 @@ def sample_total(samples: Samples, name: str, **labels: str) -> float:
 
 def run_until_exit(app: Any, *, loop: str, timeout: float = START_TIMEOUT_S) -> _Server:
     """Run a server that is expected to exit by itself (e.g. its start-up fails)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # see above
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
         app, loop=loop, lifespan="on", log_config=None, log_level="critical", access_log=False
