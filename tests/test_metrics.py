@@ -194,8 +194,13 @@ def test_ticks_do_not_carry_the_span_of_whoever_started_the_watcher(
     async def scenario() -> dict[str, list[Any]]:
         with tracer.start_as_current_span("first request"):
             watcher = loopwatch.LoopWatch(0.1, meter_provider=telemetry.meter_provider).start()
-        await asyncio.sleep(0.2)
-        points = await asyncio.to_thread(telemetry.metrics)
+        deadline = time.monotonic() + 5
+        while True:  # ticks are recorded in batches: wait for 20 or more
+            await asyncio.sleep(0.2)
+            points = await asyncio.to_thread(telemetry.metrics)
+            delays = points.get("asyncio.eventloop.delay", [])
+            if sum(p.count for p in delays) >= 20 or time.monotonic() > deadline:
+                break
         watcher.stop()
         return points
 
