@@ -21,10 +21,10 @@ gets the ticks per unit of work that it would get natively. Two valgrind runs go
 time.
 
 It fails (exit 1) when loopwatch adds more than :data:`REQUEST_BUDGET` per untraced
-request or :data:`SWITCH_BUDGET` per task switch, against the same workload without
-loopwatch, and prints the figures either way. The traced request is printed, not judged:
-the SDK's batch span processor works per unit of time, and moves it by as much as the
-budget between runs.
+request (beyond the noise of its runs) or :data:`SWITCH_BUDGET` per task switch, against
+the same workload without loopwatch, and prints the figures either way. The traced
+request is printed, not judged: the SDK's batch span processor works per unit of time,
+and moves it by as much as the budget between runs.
 """
 
 from __future__ import annotations
@@ -270,18 +270,20 @@ def measure(
 
 def _judged(row: dict[str, Any], budget: float | None) -> dict[str, Any]:
     """``row`` with loopwatch's instructions per unit over the bare workload, judged
-    against ``budget`` unless it is ``None``; the noise is the widest spread of one
-    configuration's runs."""
+    against ``budget`` unless it is ``None``. The noise is the widest spread of one
+    configuration's runs (the same code moves by ~0.1 %: object addresses change dict
+    and set layouts); the median is over the budget only if it is over by more."""
     added = row["loopwatch"] - row["bare"]
     ratio = added / row["bare"]
     spreads = [max(runs) - min(runs) for runs in row["runs"].values()]
+    noise = max(spreads) / row["bare"] if len(row["runs"]["bare"]) > 1 else None
     return {
         **row,
         "added": round(added),
         "ratio": ratio,
-        "noise": max(spreads) / row["bare"] if len(row["runs"]["bare"]) > 1 else None,
+        "noise": noise,
         "budget": budget,
-        "met": None if budget is None else ratio <= budget,
+        "met": None if budget is None else ratio - (noise or 0.0) <= budget,
     }
 
 
