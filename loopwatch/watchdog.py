@@ -393,8 +393,10 @@ class Watchdog:
         sample = self._sample_loop()
         if sample is not None and self._finder.at_rest(sample):
             # Late, but held by nothing: waiting for its timer or for a CPU. Look again.
+            # Only a watchdog on time learns from it: one the machine held off (a stopped
+            # process) samples a loop that has not yet run since it was let go.
             native_id = self._heartbeat.native_thread_id
-            if native_id is not None and asleep_in_event_wait(native_id):
+            if on_time and native_id is not None and asleep_in_event_wait(native_id):
                 self._rest_seen = now
             if self._deadman is not None:
                 self._deadman.reset(self._config.interval)
