@@ -11,6 +11,7 @@ from ..config import Config
 from ..events import BusyEvent
 from ..stacks import frame_info
 from ..timebase import epoch_seconds
+from .describe import frame_attributes
 from .logs import where
 
 logger = logging.getLogger("loopwatch")
@@ -53,9 +54,7 @@ def busy_attributes(event: BusyEvent, config: Config) -> dict[str, AttributeValu
         "thread.name": event.thread_name,
     }
     if event.culprit is not None:
-        attributes["code.function.name"] = event.culprit.function
-        attributes["code.file.path"] = event.culprit.file
-        attributes["code.line.number"] = event.culprit.line
+        attributes |= frame_attributes("code", event.culprit)
     return attributes
 
 
@@ -71,9 +70,7 @@ def log_busy(event: BusyEvent, *, dropped_reports: int) -> None:
         "loopwatch.busy.window": event.duration,
     }
     if event.culprit is not None:
-        extra["loopwatch.culprit.function.name"] = event.culprit.function
-        extra["loopwatch.culprit.file.path"] = event.culprit.file
-        extra["loopwatch.culprit.line.number"] = event.culprit.line
+        extra |= frame_attributes("loopwatch.culprit", event.culprit)
         extra["loopwatch.busy.share"] = event.shares[0]
     if dropped_reports:
         extra["loopwatch.reports.dropped"] = dropped_reports

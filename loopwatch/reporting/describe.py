@@ -16,6 +16,17 @@ from ..stall import Stall
 from ..timebase import epoch_seconds
 
 
+def frame_attributes(prefix: str, frame: FrameInfo) -> dict[str, AttributeValue]:
+    """A frame as ``<prefix>.function.name``, ``.file.path`` and ``.line.number``
+    (``code`` on spans; ``loopwatch.culprit`` on log records, whose ``code.*`` are
+    their own call site)."""
+    return {
+        f"{prefix}.function.name": frame.function,
+        f"{prefix}.file.path": frame.file,
+        f"{prefix}.line.number": frame.line,
+    }
+
+
 @dataclass(frozen=True)
 class Description:
     """Everything the reporters need to know about one stall."""
@@ -49,17 +60,13 @@ class Description:
             "thread.name": event.thread_name,
         }
         if event.culprit:
-            attributes["code.function.name"] = event.culprit.function
-            attributes["code.file.path"] = event.culprit.file
-            attributes["code.line.number"] = event.culprit.line
+            attributes |= frame_attributes("code", event.culprit)
         if self.culprit_sampled and (event.culprit or event.offender):
             attributes["loopwatch.culprit.sampled"] = self.culprit_sampled
         if self.cause_revised:
             attributes["loopwatch.cause.revised"] = self.cause_revised
         if event.offender:
-            attributes["loopwatch.offender.function.name"] = event.offender.function
-            attributes["loopwatch.offender.file.path"] = event.offender.file
-            attributes["loopwatch.offender.line.number"] = event.offender.line
+            attributes |= frame_attributes("loopwatch.offender", event.offender)
         if self.resumed_in:
             attributes["loopwatch.resumed_in"] = str(self.resumed_in)
         if event.stack:

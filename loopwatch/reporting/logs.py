@@ -15,7 +15,7 @@ from opentelemetry.util.types import AttributeValue
 
 from ..events import FrameInfo
 from .correlation import current_span
-from .describe import Description
+from .describe import Description, frame_attributes
 
 logger = logging.getLogger("loopwatch")
 
@@ -49,9 +49,7 @@ def fields(
         "loopwatch.ongoing": ongoing,
     }
     if event.culprit is not None:
-        found["loopwatch.culprit.function.name"] = event.culprit.function
-        found["loopwatch.culprit.file.path"] = event.culprit.file
-        found["loopwatch.culprit.line.number"] = event.culprit.line
+        found |= frame_attributes("loopwatch.culprit", event.culprit)
     if event.http_route:
         found["http.route"] = event.http_route
     if event.http_method:
